@@ -1,0 +1,86 @@
+"""Blockwise covariance alignment (appendix F), the paper's "BC Align" failure baseline.
+
+1. Anchor (eq. 57):  ẽ = normalize(e − μ_text + μ_image).
+2. Geometry (eqs. 58–61): in the fixed frame U ⊕ V (top eigenvectors of Cov(text)+Cov(image)
+   by an energy threshold), whiten–colour each block, T = (Σ*)^{1/2} Σ^{-1/2}, with the image
+   block covariances as target; ê = normalize(T_U P_U ẽ + T_V P_V ẽ). Block covariances are
+   shrunk towards a scaled identity, Σ ← (1−λ)Σ + λ·tr(Σ)/k·I, before the matrix roots.
+3. Centroid (eq. 62): e = normalize(ê − E[ê] + μ_image).
+
+T_U and T_V are stored combined as one d×d matrix M = Q_U T_U Q_Uᵀ + Q_V T_V Q_Vᵀ.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from revision_plugin.align.base import FitContext, Operator, register_operator, unit
+from revision_plugin.align.frame import DEFAULT_ENERGY, reference_frame
+from revision_plugin.align.sources import ChunkSource
+from revision_plugin.align.stats import MomentStats
+
+
+def shrink(cov: torch.Tensor, shrinkage: float) -> torch.Tensor:
+    k = cov.shape[0]
+    return (1 - shrinkage) * cov + shrinkage * (torch.trace(cov) / k) * torch.eye(k, dtype=cov.dtype)
+
+
+def matrix_power_sym(cov: torch.Tensor, power: float, floor: float = 1e-12) -> torch.Tensor:
+    """``cov^power`` for a symmetric PSD matrix (eigenvalues floored for negative powers)."""
+    eigenvalues, eigenvectors = torch.linalg.eigh((cov + cov.T) / 2)
+    return (eigenvectors * eigenvalues.clamp(min=floor).pow(power)) @ eigenvectors.T
+
+
+def whiten_colour(source_cov: torch.Tensor, target_cov: torch.Tensor) -> torch.Tensor:
+    """Eq. 60: ``T = (Σ*)^{1/2} Σ^{-1/2}``."""
+    return matrix_power_sym(target_cov, 0.5) @ matrix_power_sym(source_cov, -0.5)
+
+
+@register_operator
+class Blockwise(Operator):
+    method = "blockwise"
+    buffer_names = ("mu_text", "mu_image", "matrix", "drift")
+    default_options = {"energy": DEFAULT_ENERGY, "shrinkage": 0.01}
+
+    @classmethod
+    def fit(cls, text: ChunkSource, image: ChunkSource, ctx: FitContext, **options) -> "Blockwise":
+        options = cls.check_options(options)
+        if not 0.0 <= options["shrinkage"] <= 1.0:
+            raise ValueError(f"blockwise: shrinkage must be in [0, 1], got {options['shrinkage']}")
+        text_stats = ctx.moments(text, "blockwise: text moments", second_moment=True)
+        image_stats = ctx.moments(image, "blockwise: image moments", second_moment=True)
+        mu_a, mu_b = text_stats.mean, image_stats.mean
+        frame = reference_frame(text_stats.covariance + image_stats.covariance, options["energy"])
+
+        anchored = MomentStats.empty(text.dim, second_moment=True)
+        for x, inv_norm in ctx.blocks(text, "blockwise: anchored covariance"):
+            z = x * inv_norm[:, None] - mu_a + mu_b
+            anchored.update_block(z, torch.linalg.vector_norm(z, dim=1).reciprocal())
+        anchored.all_reduce()
+        cov_a, cov_b = anchored.covariance, image_stats.covariance
+
+        matrix = torch.zeros(text.dim, text.dim, dtype=torch.float64)
+        for basis in (frame.basis_u, frame.basis_v):
+            block_a = shrink(basis.T @ cov_a @ basis, options["shrinkage"])
+            block_b = shrink(basis.T @ cov_b @ basis, options["shrinkage"])
+            matrix += basis @ whiten_colour(block_a, block_b) @ basis.T
+
+        total, count = torch.zeros(text.dim, dtype=torch.float64), 0
+        for x, inv_norm in ctx.blocks(text, "blockwise: centroid pass"):
+            total += _geometry_aligned(x * inv_norm[:, None], mu_a, mu_b, matrix).sum(0)
+            count += x.shape[0]
+        drift = ctx.mean_over_ranks(total, count)
+
+        options = {**options, "rank_u": frame.rank}
+        info = cls.make_info(text_stats, image_stats, options)
+        return cls(info, mu_text=mu_a, mu_image=mu_b, matrix=matrix, drift=drift)
+
+    def transform(self, u: torch.Tensor) -> torch.Tensor:
+        mu_b = self.buffer("mu_image", u)
+        aligned = _geometry_aligned(u, self.buffer("mu_text", u), mu_b, self.buffer("matrix", u))
+        return unit(aligned - self.buffer("drift", u) + mu_b)
+
+
+def _geometry_aligned(u: torch.Tensor, mu_a: torch.Tensor, mu_b: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
+    """Steps 1–2: ê = normalize(M · normalize(u − μ_a + μ_b))."""
+    return unit(unit(u - mu_a + mu_b) @ matrix.T)

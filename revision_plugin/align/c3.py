@@ -1,0 +1,58 @@
+"""C3 (yuhui-zh15/C3): centre each modality on its own mean, add isotropic Gaussian noise to
+the text side during training, re-normalise.
+
+Noise follows ``nn.Module`` mode: present in ``train()`` mode (the host's training loop puts
+the tower, hence the operator, in training mode, so every stage-1 step draws fresh noise, as
+in C3), absent in ``eval()`` mode (inference, ``load_operator`` returns eval mode). Images are
+centred on the image mean and never receive noise. ``seed`` makes the noise stream
+reproducible (one generator per device).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from revision_plugin.align.base import FitContext, Operator, register_operator, unit
+from revision_plugin.align.sources import ChunkSource
+
+C3_NOISE_VARIANCE = 0.016
+
+
+@register_operator
+class C3(Operator):
+    method = "c3"
+    buffer_names = ("mu_text", "mu_image")
+    default_options = {"noise_variance": C3_NOISE_VARIANCE, "renormalize": True, "seed": None}
+
+    def __init__(self, info, **buffers) -> None:
+        super().__init__(info, **buffers)
+        if self.options["noise_variance"] < 0:
+            raise ValueError(f"c3: noise_variance must be ≥ 0, got {self.options['noise_variance']}")
+        self._generators: dict[torch.device, torch.Generator] = {}
+
+    @classmethod
+    def fit(cls, text: ChunkSource, image: ChunkSource, ctx: FitContext, **options) -> "C3":
+        options = cls.check_options(options)
+        text_stats = ctx.moments(text, "c3: text")
+        image_stats = ctx.moments(image, "c3: image")
+        info = cls.make_info(text_stats, image_stats, options)
+        return cls(info, mu_text=text_stats.mean, mu_image=image_stats.mean)
+
+    def _generator(self, device: torch.device) -> torch.Generator | None:
+        seed = self.options["seed"]
+        if seed is None:
+            return None
+        if device not in self._generators:
+            self._generators[device] = torch.Generator(device=device).manual_seed(int(seed))
+        return self._generators[device]
+
+    def transform(self, u: torch.Tensor) -> torch.Tensor:
+        y = u - self.buffer("mu_text", u)
+        if self.training and self.options["noise_variance"] > 0:
+            noise = torch.randn(y.shape, generator=self._generator(y.device), device=y.device, dtype=y.dtype)
+            y = y + noise * self.options["noise_variance"] ** 0.5
+        return unit(y) if self.options["renormalize"] else y
+
+    def transform_target(self, x: torch.Tensor) -> torch.Tensor:
+        y = x - self.buffer("mu_image", x)
+        return unit(y) if self.options["renormalize"] else y

@@ -1,0 +1,177 @@
+"""Chunked, memory-flat readers for embedding matrices.
+
+A *chunk source* is anything with ``name``, ``dim``, ``num_rows``, ``encoder_id``,
+``chunks(chunk_rows)`` yielding ``(first_row, float array [n, dim])`` and
+``shard(rank, world_size)``. Fitting iterates a source several times, so sources are
+re-iterable. ``.npy`` files are read with ``readinto`` into one reused buffer rather than
+memory-mapped: touched memmap pages count towards the process RSS, reused buffers do not
+grow it, so memory stays flat at any N.
+
+The feature store (``revision_plugin.store``) implements the same protocol.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Protocol, runtime_checkable
+
+import numpy as np
+
+from revision_plugin.errors import BadInputError
+
+DEFAULT_CHUNK_ROWS = 8192
+_FLOAT_DTYPES = (np.dtype("<f4"), np.dtype("<f8"), np.dtype("<f2"))
+
+
+@runtime_checkable
+class ChunkSource(Protocol):
+    name: str
+    dim: int
+    num_rows: int
+    encoder_id: str | None
+
+    def chunks(self, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> Iterator[tuple[int, np.ndarray]]: ...
+
+    def shard(self, rank: int, world_size: int) -> "ChunkSource": ...
+
+
+def shard_bounds(num_rows: int, rank: int, world_size: int) -> tuple[int, int]:
+    """Contiguous, balanced row range of ``rank`` out of ``world_size``."""
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} outside world of size {world_size}")
+    base, extra = divmod(num_rows, world_size)
+    start = rank * base + min(rank, extra)
+    return start, start + base + (1 if rank < extra else 0)
+
+
+@dataclass
+class NpySource:
+    """Rows ``[start, stop)`` of a 2-D float ``.npy`` file, read without memory-mapping."""
+
+    path: Path
+    start: int = 0
+    stop: int | None = None
+    encoder_id: str | None = None
+    dim: int = field(init=False)
+    num_rows: int = field(init=False)
+    _data_offset: int = field(init=False, repr=False)
+    _dtype: np.dtype = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.path = Path(self.path)
+        if not self.path.is_file():
+            raise FileNotFoundError(f"{self.path}: no such file")
+        with open(self.path, "rb") as f:
+            try:
+                version = np.lib.format.read_magic(f)
+                if version == (1, 0):
+                    header = np.lib.format.read_array_header_1_0(f)
+                elif version == (2, 0):
+                    header = np.lib.format.read_array_header_2_0(f)
+                else:
+                    raise ValueError(f"unsupported .npy format version {version}")
+                shape, fortran, dtype = header
+            except ValueError as err:
+                raise BadInputError(f"{self.path}: not a readable .npy file ({err})") from err
+            self._data_offset = f.tell()
+        if len(shape) != 2:
+            raise BadInputError(f"{self.path}: expected a 2-D [rows, dim] array, got shape {shape}")
+        if fortran:
+            raise BadInputError(f"{self.path}: Fortran-ordered arrays are not supported; save C-ordered")
+        if dtype not in _FLOAT_DTYPES:
+            raise BadInputError(f"{self.path}: dtype {dtype} is not a little-endian float16/32/64")
+        self._dtype = dtype
+        rows, self.dim = shape
+        expected = self._data_offset + rows * self.dim * dtype.itemsize
+        actual = os.path.getsize(self.path)
+        if actual < expected:
+            complete = (actual - self._data_offset) // max(1, self.dim * dtype.itemsize)
+            raise BadInputError(
+                f"{self.path}: truncated file: header says {rows} rows of dim {self.dim}, "
+                f"only {complete} complete rows present ({actual} of {expected} bytes)"
+            )
+        stop = rows if self.stop is None else self.stop
+        if not 0 <= self.start <= stop <= rows:
+            raise ValueError(f"{self.path}: row range [{self.start}, {stop}) outside [0, {rows})")
+        self.stop = stop
+        self.num_rows = stop - self.start
+
+    @property
+    def name(self) -> str:
+        return str(self.path)
+
+    def chunks(self, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> Iterator[tuple[int, np.ndarray]]:
+        """Yield ``(first_row, view)``; the view is only valid until the next iteration."""
+        row_bytes = self.dim * self._dtype.itemsize
+        buffer = np.empty((min(chunk_rows, max(self.num_rows, 1)), self.dim), dtype=self._dtype)
+        with open(self.path, "rb", buffering=0) as f:
+            f.seek(self._data_offset + self.start * row_bytes)
+            row = self.start
+            while row < self.stop:
+                n = min(chunk_rows, self.stop - row)
+                view = buffer[:n]
+                got = f.readinto(memoryview(view).cast("B"))
+                if got != n * row_bytes:
+                    raise BadInputError(f"{self.path}: file shrank while reading at row {row}")
+                yield row, view
+                row += n
+
+    def shard(self, rank: int, world_size: int) -> "NpySource":
+        lo, hi = shard_bounds(self.num_rows, rank, world_size)
+        return NpySource(self.path, self.start + lo, self.start + hi, self.encoder_id)
+
+
+@dataclass
+class ArraySource:
+    """An in-memory array as a chunk source (tests, notebooks, small data)."""
+
+    array: np.ndarray
+    name: str = "<array>"
+    encoder_id: str | None = None
+    first_row: int = 0
+
+    def __post_init__(self) -> None:
+        array = np.asarray(self.array)
+        if array.ndim != 2:
+            raise BadInputError(f"{self.name}: expected a 2-D [rows, dim] array, got shape {array.shape}")
+        if not np.issubdtype(array.dtype, np.floating):
+            raise BadInputError(f"{self.name}: dtype {array.dtype} is not floating point")
+        self.array = array
+
+    @property
+    def dim(self) -> int:
+        return self.array.shape[1]
+
+    @property
+    def num_rows(self) -> int:
+        return self.array.shape[0]
+
+    def chunks(self, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> Iterator[tuple[int, np.ndarray]]:
+        for lo in range(0, self.num_rows, chunk_rows):
+            yield self.first_row + lo, self.array[lo : lo + chunk_rows]
+
+    def shard(self, rank: int, world_size: int) -> "ArraySource":
+        lo, hi = shard_bounds(self.num_rows, rank, world_size)
+        return ArraySource(self.array[lo:hi], self.name, self.encoder_id, self.first_row + lo)
+
+
+def open_source(obj, encoder_id: str | None = None) -> ChunkSource:
+    """Turn a path (``.npy`` file or feature-store directory), array or source into a source."""
+    if isinstance(obj, ChunkSource) and not isinstance(obj, (str, os.PathLike)):
+        return obj
+    if isinstance(obj, np.ndarray):
+        return ArraySource(obj, encoder_id=encoder_id)
+    if hasattr(obj, "detach"):
+        return ArraySource(obj.detach().cpu().numpy(), encoder_id=encoder_id)
+    path = Path(obj)
+    if path.is_dir():
+        from revision_plugin.store import open_store
+
+        return open_store(path)
+    if path.suffix == ".npy":
+        return NpySource(path, encoder_id=encoder_id)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file or directory")
+    raise BadInputError(f"{path}: expected a .npy file or a feature-store directory")

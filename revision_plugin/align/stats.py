@@ -1,0 +1,184 @@
+"""Streaming, mergeable float64 moments of L2-normalised embeddings.
+
+Every statistic is a plain sum (count, Σe, Σ‖e‖², optionally Σeeᵀ), so merging shards is
+addition and multi-process fitting is one ``all_reduce``: stats of shards merged equal the
+stats of the whole to fp64 round-off. Rows are validated and normalised on the way in;
+rows are processed in cache-sized float64 blocks so memory never depends on N.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from revision_plugin.align.sources import DEFAULT_CHUNK_ROWS, ChunkSource
+from revision_plugin.errors import BadInputError
+
+logger = logging.getLogger(__name__)
+
+BLOCK_ROWS = 1024
+ZERO_NORM = 1e-12
+MAX_REPORTED_BAD_ROWS = 20
+
+
+@dataclass
+class BadRows:
+    """Rows excluded under ``skip_bad``: total count and the first few (row, reason)."""
+
+    count: int = 0
+    examples: list[tuple[str, int, str]] = field(default_factory=list)
+
+    def add(self, name: str, rows: np.ndarray, reason: str) -> None:
+        self.count += len(rows)
+        room = MAX_REPORTED_BAD_ROWS - len(self.examples)
+        self.examples.extend((name, int(r), reason) for r in rows[:room])
+
+    def summary(self) -> str:
+        shown = ", ".join(f"{n} row {r} ({why})" for n, r, why in self.examples)
+        more = "" if self.count <= len(self.examples) else f", … {self.count - len(self.examples)} more"
+        return f"skipped {self.count} bad rows: {shown}{more}"
+
+
+def check_dim(source: ChunkSource, dim: int) -> None:
+    if source.dim != dim:
+        raise BadInputError(f"{source.name}: embedding dim {source.dim}, expected {dim}")
+
+
+def normalized_blocks(
+    source: ChunkSource,
+    skip_bad: BadRows | None = None,
+    chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    progress: Callable[[int], None] | None = None,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Yield ``(x, inv_norm)``: float64 raw rows ``x`` and ``1/‖x‖`` per row, validated.
+
+    The unit vectors are ``x * inv_norm[:, None]``; callers fold the scaling into their
+    reductions instead of materialising them. A non-finite row has a non-finite squared norm
+    (float32/16 values cannot overflow float64), so one reduction checks both conditions.
+    Without ``skip_bad`` the first bad row raises an error naming the source and row.
+    """
+    for first_row, chunk in source.chunks(chunk_rows):
+        for lo in range(0, len(chunk), BLOCK_ROWS):
+            x = torch.from_numpy(np.ascontiguousarray(chunk[lo : lo + BLOCK_ROWS])).to(torch.float64)
+            norm2 = torch.einsum("ij,ij->i", x, x)
+            bad_nonfinite = ~torch.isfinite(norm2)
+            bad_zero = norm2 <= ZERO_NORM**2
+            if bool(bad_nonfinite.any() or bad_zero.any()):
+                rows = first_row + lo
+                nonfinite = (torch.nonzero(bad_nonfinite).flatten() + rows).numpy()
+                zero = (torch.nonzero(bad_zero).flatten() + rows).numpy()
+                if skip_bad is None:
+                    row, reason = (nonfinite[0], "NaN or Inf values") if len(nonfinite) else (zero[0], "zero norm")
+                    raise BadInputError(
+                        f"{source.name}: row {row} has {reason}; fix the data or pass --skip-bad"
+                    )
+                skip_bad.add(source.name, nonfinite, "NaN or Inf values")
+                skip_bad.add(source.name, zero, "zero norm")
+                keep = ~(bad_nonfinite | bad_zero)
+                x, norm2 = x[keep], norm2[keep]
+            yield x, norm2.rsqrt()
+        if progress is not None:
+            progress(len(chunk))
+
+
+@dataclass
+class MomentStats:
+    """Sums over unit vectors: ``count``, ``sum`` (Σe), ``sq_norm`` (Σ‖e‖²), ``outer`` (Σeeᵀ)."""
+
+    dim: int
+    count: int = 0
+    sum: torch.Tensor = None
+    sq_norm: float = 0.0
+    outer: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.sum is None:
+            self.sum = torch.zeros(self.dim, dtype=torch.float64)
+
+    @classmethod
+    def empty(cls, dim: int, second_moment: bool = False) -> "MomentStats":
+        outer = torch.zeros(dim, dim, dtype=torch.float64) if second_moment else None
+        return cls(dim=dim, outer=outer)
+
+    def update_block(self, x: torch.Tensor, inv_norm: torch.Tensor) -> None:
+        """Add float64 raw rows ``x`` whose unit vectors are ``x * inv_norm[:, None]``."""
+        self.count += x.shape[0]
+        self.sum += x.T @ inv_norm
+        self.sq_norm += float((torch.einsum("ij,ij->i", x, x) * inv_norm.square()).sum())
+        if self.outer is not None:
+            unit = x * inv_norm[:, None]
+            self.outer += unit.T @ unit
+
+    def merge(self, other: "MomentStats") -> "MomentStats":
+        if other.dim != self.dim:
+            raise BadInputError(f"cannot merge stats of dim {other.dim} into dim {self.dim}")
+        if (self.outer is None) != (other.outer is None):
+            raise ValueError("cannot merge stats with and without second moments")
+        outer = None if self.outer is None else self.outer + other.outer
+        return MomentStats(self.dim, self.count + other.count, self.sum + other.sum,
+                           self.sq_norm + other.sq_norm, outer)
+
+    def all_reduce(self) -> "MomentStats":
+        """Sum over torch.distributed ranks (no-op outside a process group)."""
+        if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+            return self
+        scalars = torch.tensor([float(self.count), self.sq_norm], dtype=torch.float64)
+        for t in (scalars, self.sum) + (() if self.outer is None else (self.outer,)):
+            torch.distributed.all_reduce(t)
+        self.count, self.sq_norm = int(round(scalars[0].item())), float(scalars[1])
+        return self
+
+    def require_rows(self, name: str) -> None:
+        if self.count == 0:
+            raise BadInputError(f"{name}: no usable rows (empty input)")
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return self.sum / self.count
+
+    @property
+    def trace(self) -> float:
+        """``E‖e − μ‖² = E‖e‖² − ‖μ‖²`` (eq. 20)."""
+        return self.sq_norm / self.count - float(self.mean @ self.mean)
+
+    @property
+    def covariance(self) -> torch.Tensor:
+        """Population covariance ``E[eeᵀ] − μμᵀ``."""
+        if self.outer is None:
+            raise ValueError("these stats were accumulated without second moments")
+        mean = self.mean
+        return self.outer / self.count - torch.outer(mean, mean)
+
+    def save(self, path: str | Path) -> None:
+        tensors = {"sum": self.sum, "scalars": torch.tensor([float(self.count), self.sq_norm], dtype=torch.float64)}
+        if self.outer is not None:
+            tensors["outer"] = self.outer
+        save_file(tensors, str(path), metadata={"format": "revision-moment-stats", "dim": str(self.dim)})
+
+    @classmethod
+    def load(cls, path: str | Path) -> "MomentStats":
+        tensors = load_file(str(path))
+        if "sum" not in tensors or "scalars" not in tensors:
+            raise BadInputError(f"{path}: not a moment-stats file (missing 'sum'/'scalars')")
+        count, sq_norm = tensors["scalars"].tolist()
+        return cls(tensors["sum"].numel(), int(round(count)), tensors["sum"], sq_norm, tensors.get("outer"))
+
+
+def accumulate(
+    source: ChunkSource,
+    second_moment: bool = False,
+    skip_bad: BadRows | None = None,
+    progress: Callable[[int], None] | None = None,
+    chunk_rows: int = DEFAULT_CHUNK_ROWS,
+) -> MomentStats:
+    """One streaming pass over ``source`` (this process's rows only)."""
+    stats = MomentStats.empty(source.dim, second_moment)
+    for x, inv_norm in normalized_blocks(source, skip_bad, chunk_rows, progress):
+        stats.update_block(x, inv_norm)
+    return stats
