@@ -82,20 +82,30 @@ class FitContext:
     skip_bad: BadRows | None = None
     progress: bool = True
     chunk_rows: int = DEFAULT_CHUNK_ROWS
+    _passed: set[str] = field(default_factory=set, repr=False)
+
+    def _bad_rows(self, source: ChunkSource) -> BadRows | None:
+        """The report on a source's first pass; a throwaway one on later passes (same rows)."""
+        if self.skip_bad is None:
+            return None
+        if source.name in self._passed:
+            return BadRows()
+        self._passed.add(source.name)
+        return self.skip_bad
 
     def _bar(self, source: ChunkSource, desc: str):
         return tqdm(total=source.num_rows, desc=desc, unit="row", unit_scale=True,
                     disable=not self.progress, leave=False)
 
-    def blocks(self, source: ChunkSource, desc: str) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def blocks(self, source: ChunkSource, desc: str) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """One validated pass over this process's rows of ``source`` (see ``normalized_blocks``)."""
         with self._bar(source, desc) as bar:
-            yield from normalized_blocks(source, self.skip_bad, self.chunk_rows, bar.update)
+            yield from normalized_blocks(source, self._bad_rows(source), self.chunk_rows, bar.update)
 
     def moments(self, source: ChunkSource, desc: str, second_moment: bool = False) -> MomentStats:
         """Moments of ``source`` over all ranks."""
         with self._bar(source, desc) as bar:
-            stats = accumulate(source, second_moment, self.skip_bad, bar.update, self.chunk_rows)
+            stats = accumulate(source, second_moment, self._bad_rows(source), bar.update, self.chunk_rows)
         stats.all_reduce()
         stats.require_rows(source.name)
         return stats

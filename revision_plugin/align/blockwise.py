@@ -53,9 +53,10 @@ class Blockwise(Operator):
         frame = reference_frame(text_stats.covariance + image_stats.covariance, options["energy"])
 
         anchored = MomentStats.empty(text.dim, second_moment=True)
-        for x, inv_norm in ctx.blocks(text, "blockwise: anchored covariance"):
+        for x, _, inv_norm in ctx.blocks(text, "blockwise: anchored covariance"):
             z = x * inv_norm[:, None] - mu_a + mu_b
-            anchored.update_block(z, torch.linalg.vector_norm(z, dim=1).reciprocal())
+            z_norm = torch.linalg.vector_norm(z, dim=1)
+            anchored.update_block(z, z_norm, z_norm.reciprocal())
         anchored.all_reduce()
         cov_a, cov_b = anchored.covariance, image_stats.covariance
 
@@ -66,7 +67,7 @@ class Blockwise(Operator):
             matrix += basis @ whiten_colour(block_a, block_b) @ basis.T
 
         total, count = torch.zeros(text.dim, dtype=torch.float64), 0
-        for x, inv_norm in ctx.blocks(text, "blockwise: centroid pass"):
+        for x, _, inv_norm in ctx.blocks(text, "blockwise: centroid pass"):
             total += _geometry_aligned(x * inv_norm[:, None], mu_a, mu_b, matrix).sum(0)
             count += x.shape[0]
         drift = ctx.mean_over_ranks(total, count)

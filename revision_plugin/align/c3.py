@@ -49,8 +49,9 @@ class C3(Operator):
     def transform(self, u: torch.Tensor) -> torch.Tensor:
         y = u - self.buffer("mu_text", u)
         if self.training and self.options["noise_variance"] > 0:
-            noise = torch.randn(y.shape, generator=self._generator(y.device), device=y.device, dtype=y.dtype)
-            y = y + noise * self.options["noise_variance"] ** 0.5
+            # Drawn in float32 whatever the compute dtype, so a seed gives one stream everywhere.
+            noise = torch.randn(y.shape, generator=self._generator(y.device), device=y.device, dtype=torch.float32)
+            y = y + noise.to(y.dtype) * self.options["noise_variance"] ** 0.5
         return unit(y) if self.options["renormalize"] else y
 
     def transform_target(self, x: torch.Tensor) -> torch.Tensor:

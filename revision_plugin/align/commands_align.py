@@ -48,7 +48,7 @@ def align_file(operator, source, out: Path, image: bool = False, chunk_rows: int
                                           disable=not progress, desc="align") as bar:
             np.lib.format.write_array_header_1_0(f, header)
             with torch.no_grad():
-                for x, inv_norm in normalized_blocks(source, None, chunk_rows, bar.update):
+                for x, _, inv_norm in normalized_blocks(source, None, chunk_rows, bar.update):
                     aligned = transform(x * inv_norm[:, None]).to(torch.float32).numpy()
                     f.write(aligned.tobytes())
                     written += len(aligned)

@@ -66,14 +66,14 @@ def _drift_pass(text: ChunkSource, ctx: FitContext, scale: float, fixed: torch.T
     gram = fixed @ fixed.T
     total = torch.zeros(text.dim, dtype=torch.float64)
     count = 0
-    for x, inv_norm in ctx.blocks(text, desc):
+    for x, norm, inv_norm in ctx.blocks(text, desc):
         u_dot_w = (x @ fixed.T) * inv_norm[:, None]  # [n, J]
-        u_sq = torch.einsum("ij,ij->i", x, x) * inv_norm.square()
+        u_sq = (norm * inv_norm).square()
         alpha = torch.full_like(inv_norm, scale)
         beta = torch.zeros_like(u_dot_w)
         for j in range(fixed.shape[0]):
             beta[:, j] += 1.0
-            norm_sq = alpha.square() * u_sq + 2 * alpha * (beta * u_dot_w).sum(1) + torch.einsum("ij,jk,ik->i", beta, gram, beta)
+            norm_sq = alpha.square() * u_sq + 2 * alpha * (beta * u_dot_w).sum(1) + ((beta @ gram) * beta).sum(1)
             inv = norm_sq.rsqrt()
             alpha, beta = alpha * inv, beta * inv[:, None]
         total += x.T @ (alpha * inv_norm) + fixed.T @ beta.sum(0)

@@ -22,7 +22,7 @@ from revision_plugin.errors import BadInputError
 
 logger = logging.getLogger(__name__)
 
-BLOCK_ROWS = 1024
+BLOCK_ROWS = 256
 ZERO_NORM = 1e-12
 MAX_REPORTED_BAD_ROWS = 20
 
@@ -55,20 +55,20 @@ def normalized_blocks(
     skip_bad: BadRows | None = None,
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
     progress: Callable[[int], None] | None = None,
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Yield ``(x, inv_norm)``: float64 raw rows ``x`` and ``1/‖x‖`` per row, validated.
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Yield ``(x, norm, inv_norm)``: float64 raw rows ``x``, ``‖x‖`` and ``1/‖x‖``, validated.
 
     The unit vectors are ``x * inv_norm[:, None]``; callers fold the scaling into their
-    reductions instead of materialising them. A non-finite row has a non-finite squared norm
+    reductions instead of materialising them. A non-finite row has a non-finite norm
     (float32/16 values cannot overflow float64), so one reduction checks both conditions.
     Without ``skip_bad`` the first bad row raises an error naming the source and row.
     """
     for first_row, chunk in source.chunks(chunk_rows):
         for lo in range(0, len(chunk), BLOCK_ROWS):
-            x = torch.from_numpy(np.ascontiguousarray(chunk[lo : lo + BLOCK_ROWS])).to(torch.float64)
-            norm2 = torch.einsum("ij,ij->i", x, x)
-            bad_nonfinite = ~torch.isfinite(norm2)
-            bad_zero = norm2 <= ZERO_NORM**2
+            x = torch.from_numpy(chunk[lo : lo + BLOCK_ROWS].astype(np.float64))  # a writable fp64 copy
+            norm = torch.linalg.vector_norm(x, dim=1)
+            bad_nonfinite = ~torch.isfinite(norm)
+            bad_zero = norm <= ZERO_NORM
             if bool(bad_nonfinite.any() or bad_zero.any()):
                 rows = first_row + lo
                 nonfinite = (torch.nonzero(bad_nonfinite).flatten() + rows).numpy()
@@ -81,8 +81,8 @@ def normalized_blocks(
                 skip_bad.add(source.name, nonfinite, "NaN or Inf values")
                 skip_bad.add(source.name, zero, "zero norm")
                 keep = ~(bad_nonfinite | bad_zero)
-                x, norm2 = x[keep], norm2[keep]
-            yield x, norm2.rsqrt()
+                x, norm = x[keep], norm[keep]
+            yield x, norm, norm.reciprocal()
         if progress is not None:
             progress(len(chunk))
 
@@ -106,11 +106,11 @@ class MomentStats:
         outer = torch.zeros(dim, dim, dtype=torch.float64) if second_moment else None
         return cls(dim=dim, outer=outer)
 
-    def update_block(self, x: torch.Tensor, inv_norm: torch.Tensor) -> None:
-        """Add float64 raw rows ``x`` whose unit vectors are ``x * inv_norm[:, None]``."""
+    def update_block(self, x: torch.Tensor, norm: torch.Tensor, inv_norm: torch.Tensor) -> None:
+        """Add float64 raw rows ``x`` (norms ``norm``) as unit vectors ``x * inv_norm[:, None]``."""
         self.count += x.shape[0]
         self.sum += x.T @ inv_norm
-        self.sq_norm += float((torch.einsum("ij,ij->i", x, x) * inv_norm.square()).sum())
+        self.sq_norm += float((norm * inv_norm).square().sum())
         if self.outer is not None:
             unit = x * inv_norm[:, None]
             self.outer += unit.T @ unit
@@ -179,6 +179,6 @@ def accumulate(
 ) -> MomentStats:
     """One streaming pass over ``source`` (this process's rows only)."""
     stats = MomentStats.empty(source.dim, second_moment)
-    for x, inv_norm in normalized_blocks(source, skip_bad, chunk_rows, progress):
-        stats.update_block(x, inv_norm)
+    for x, norm, inv_norm in normalized_blocks(source, skip_bad, chunk_rows, progress):
+        stats.update_block(x, norm, inv_norm)
     return stats

@@ -1,0 +1,97 @@
+"""`revision fit`, `revision align` and `revision demo` through the real entry point."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from align_data import clouds
+from torch.testing import assert_close
+
+from revision_plugin.align import fit_operator, load_operator, train_mode
+from revision_plugin.cli import main
+
+
+@pytest.fixture
+def npy_pair(tmp_path):
+    text, image = clouds()
+    np.save(tmp_path / "text.npy", text.astype(np.float32))
+    np.save(tmp_path / "image.npy", image.astype(np.float32))
+    return tmp_path / "text.npy", tmp_path / "image.npy"
+
+
+def test_fit_then_align(tmp_path, npy_pair, capsys):
+    text, image = npy_pair
+    op_dir = tmp_path / "op"
+    assert main(["fit", "--method", "realign", "--text", str(text), "--image", str(image), "--out", str(op_dir),
+                 "-o", "centroid_iters=3", "--encoder-id", "enc", "--no-progress"]) == 0
+    operator = load_operator(op_dir)
+    assert operator.info.options["centroid_iters"] == 3 and operator.info.encoder_id == "enc"
+    expected = fit_operator("realign", text, image, centroid_iters=3)
+    assert_close(operator.drifts, expected.drifts, rtol=0, atol=0)
+
+    out = tmp_path / "aligned.npy"
+    assert main(["align", "--operator", str(op_dir), "--in", str(text), "--out", str(out), "--chunk-rows", "64",
+                 "--no-progress"]) == 0
+    aligned = np.load(out)
+    assert aligned.dtype == np.float32 and aligned.shape == (600, 12)
+    assert_close(aligned, operator(np.load(text).astype(np.float64)).astype(np.float32), rtol=0, atol=1e-6)
+    assert not list(tmp_path.glob("*.partial"))
+    assert "aligned 600 rows" in capsys.readouterr().out
+
+
+def test_align_image_side_and_train_mode(tmp_path, npy_pair):
+    text, image = npy_pair
+    op_dir = tmp_path / "c3"
+    assert main(["fit", "--method", "c3", "--text", str(text), "--image", str(image), "--out", str(op_dir),
+                 "-o", "seed=5", "--no-progress"]) == 0
+    operator = load_operator(op_dir)
+    main(["align", "--operator", str(op_dir), "--in", str(image), "--out", str(tmp_path / "img.npy"), "--image", "--no-progress"])
+    assert_close(np.load(tmp_path / "img.npy"), operator.align_image(np.load(image)), rtol=0, atol=1e-6)
+    main(["align", "--operator", str(op_dir), "--in", str(text), "--out", str(tmp_path / "noisy.npy"), "--train-mode", "--no-progress"])
+    with train_mode(operator):
+        assert_close(np.load(tmp_path / "noisy.npy"), operator(np.load(text)), rtol=0, atol=1e-6)
+
+
+def test_refuses_to_overwrite_and_reports_errors(tmp_path, npy_pair, capsys):
+    text, image = npy_pair
+    args = ["fit", "--method", "identity", "--text", str(text), "--image", str(image), "--out", str(tmp_path / "op"), "--no-progress"]
+    assert main(args) == 0
+    assert main(args) == 2
+    assert "already holds an operator; pass --overwrite" in capsys.readouterr().err
+    assert main(args + ["--overwrite"]) == 0
+
+    bad = np.load(text)
+    bad[42, 0] = np.nan
+    np.save(tmp_path / "bad.npy", bad)
+    assert main(["align", "--operator", str(tmp_path / "op"), "--in", str(tmp_path / "bad.npy"),
+                 "--out", str(tmp_path / "o.npy"), "--no-progress"]) == 2
+    assert "bad.npy: row 42 has NaN or Inf values" in capsys.readouterr().err
+    assert not (tmp_path / "o.npy").exists() and not list(tmp_path.glob("*.partial"))
+
+    np.save(tmp_path / "wide.npy", np.ones((3, 16), dtype=np.float32))
+    assert main(["align", "--operator", str(tmp_path / "op"), "--in", str(tmp_path / "wide.npy"),
+                 "--out", str(tmp_path / "o.npy")]) == 2
+    assert "fitted for dim 12, caller expects 16" in capsys.readouterr().err
+
+
+def test_unknown_option_key_value_syntax(npy_pair, tmp_path, capsys):
+    text, image = npy_pair
+    with pytest.raises(SystemExit):
+        main(["fit", "--method", "realign", "--text", str(text), "--image", str(image), "--out", str(tmp_path), "-o", "noequals"])
+    assert "expected KEY=VALUE" in capsys.readouterr().err
+
+
+def test_demo_prints_the_gap_table(tmp_path, capsys):
+    assert main(["demo", "--rows", "3000", "--dim", "32", "--out", str(tmp_path), "--no-report"]) == 0
+    out = capsys.readouterr().out
+    for label in ("identity", "mean_shift", "c3", "realign", "blockwise", "realign(iters=4)"):
+        assert f"\n{label} " in out
+    assert (tmp_path / "operators" / "realign" / "operator.json").is_file()
+    assert (tmp_path / "operators" / "realign_iters4" / "operator.safetensors").is_file()
+
+
+def test_console_script_help():
+    result = subprocess.run([sys.executable, "-m", "revision_plugin.cli", "fit", "--help"], capture_output=True, text=True)
+    assert result.returncode == 0
+    assert "realign: centroid_iters=1" in result.stdout and "torchrun" in result.stdout
