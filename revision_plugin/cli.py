@@ -19,7 +19,11 @@ from revision_plugin.errors import RevisionError
 COMMANDS: dict[str, tuple[str, str]] = {
     "fit": ("revision_plugin.align.commands_fit", "fit an alignment operator on unpaired text/image embeddings"),
     "align": ("revision_plugin.align.commands_align", "apply a fitted operator to an embedding file, chunk by chunk"),
+    "embed": ("revision_plugin.embed", "embed texts/images into resumable feature stores (hf_clip, llm2clip)"),
+    "compare": ("revision_plugin.compare", "paper-style comparison table (md/csv/png) from lmms-eval result folders"),
+    "report": ("revision_plugin.geometry.commands_report", "geometry report (gap, spectrum, JS, kNN, frame) of embeddings and operators on held-out data"),
     "demo": ("revision_plugin.demo", "the embedded default job: synthetic data, every operator, gap table + report"),
+    "patch-host": ("revision_plugin.hosts.patch", "apply the LLaVA 1.2.2 compatibility patches to the installed llava (idempotent)"),
 }
 
 

@@ -1,0 +1,163 @@
+"""``revision embed``: texts and/or images -> feature stores ``OUT/text`` and ``OUT/image``.
+
+Resumable (rerun the same command after a kill), multi-process under ``torchrun`` (each
+rank writes its own shards; rank 0 finalizes), batches sorted by length, bf16 on GPU.
+Unusable inputs are listed in ``OUT/<modality>/rejected.jsonl`` with a reason, or stop
+the run under ``--strict``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from datetime import timedelta
+from pathlib import Path
+
+from revision_plugin.errors import RevisionError
+
+logger = logging.getLogger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--encoder", required=True, choices=["hf_clip", "llm2clip"], help="encoder kind")
+    parser.add_argument(
+        "--model", required=True,
+        help="model directory or hub id: a CLIPModel (hf_clip), or the LLM2CLIP image+adapter "
+        "model, e.g. microsoft/LLM2CLIP-Openai-L-14-336 (llm2clip)",
+    )
+    parser.add_argument(
+        "--text-model",
+        help="llm2clip only: the LLM2Vec text encoder, e.g. "
+        "microsoft/LLM2CLIP-Llama-3-8B-Instruct-CC-Finetuned (needed when embedding texts)",
+    )
+    parser.add_argument("--texts", type=Path, help="texts: .jsonl / .parquet (id, text) or dataset.json")
+    parser.add_argument("--images", type=Path, help="images: .jsonl / .parquet (id, image path) or dataset.json")
+    parser.add_argument("--dataset", type=Path, help="official ReVision dataset.json: both its texts and images")
+    parser.add_argument("--image-root", type=Path, help="directory image paths are relative to (default: the input file's)")
+    parser.add_argument("--out", required=True, type=Path, help="output directory; stores go to OUT/text and OUT/image")
+    parser.add_argument("--id-key", default="id", help="id field/column (default: id)")
+    parser.add_argument("--text-key", default="text", help="text field/column (default: text)")
+    parser.add_argument("--image-key", default="image", help="image path field/column (default: image)")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--shard-rows", type=int, default=65536, help="rows per store shard (commit granularity)")
+    parser.add_argument("--max-length", type=int, default=512, help="llm2clip: max text tokens (LLM2Vec default 512)")
+    parser.add_argument(
+        "--chat-template", default="auto", choices=["auto", "llama3", "none"],
+        help="llm2clip: Llama-3 chat wrapping of texts as LLM2Vec applies it (auto: when the tokenizer has its tokens)",
+    )
+    parser.add_argument("--device", default="auto", help="auto (cuda:LOCAL_RANK if available, else cpu), cpu, cuda:0 ...")
+    parser.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp16", "fp32"], help="auto: bf16 on GPU, fp32 on CPU")
+    parser.add_argument("--offline", action="store_true", help="never use the network: local dirs / hub cache only")
+    parser.add_argument("--strict", action="store_true", help="stop at the first unusable input instead of rejecting it")
+    parser.add_argument("--no-sort", action="store_true", help="keep input order instead of sorting texts by length")
+    parser.add_argument("--workers", type=int, default=4, help="image decoding threads per process")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def run(args: argparse.Namespace) -> int:
+    from revision_plugin.encoders import load_encoder
+    from revision_plugin.encoders.corpus import read_corpus
+    from revision_plugin.encoders.corpus_embedding import embed_corpus
+    from revision_plugin.store import open_store
+
+    inputs = _inputs(args)
+    if args.batch_size <= 0 or args.shard_rows <= 0:
+        raise RevisionError("--batch-size and --shard-rows must be positive")
+    # Read and check every input before loading a multi-GB model.
+    corpora = {
+        modality: read_corpus(
+            path, modality, id_key=args.id_key,
+            value_key=args.text_key if modality == "text" else args.image_key,
+            image_root=args.image_root,
+        )
+        for modality, path in inputs.items()
+    }
+    rank, world_size, local_rank = _init_distributed()
+    device = _device(args.device, local_rank)
+    options = {}
+    if args.encoder == "llm2clip":
+        if "text" in corpora and not args.text_model:
+            raise RevisionError("--encoder llm2clip needs --text-model to embed texts")
+        options = {"text_model": args.text_model, "max_length": args.max_length, "chat_template": args.chat_template}
+    elif args.text_model:
+        raise RevisionError("--text-model is only used with --encoder llm2clip")
+    encoder = load_encoder(
+        args.encoder, args.model, device=device, dtype=None if args.dtype == "auto" else args.dtype,
+        offline=args.offline, **options,
+    )
+    logger.info("rank %d/%d: %s on %s", rank, world_size, encoder, device)
+    summaries = []
+    for modality, items in corpora.items():
+        summaries.append(
+            embed_corpus(
+                encoder, items, args.out / modality, modality,
+                batch_size=args.batch_size, shard_rows=args.shard_rows, sort_by_length=not args.no_sort,
+                strict=args.strict, progress=not args.no_progress and rank == 0,
+                rank=rank, world_size=world_size, image_workers=args.workers,
+            )
+        )
+    if rank == 0:
+        for summary in summaries:
+            with open_store(summary.store_dir) as store:
+                reasons = ", ".join(f"{k}: {v}" for k, v in sorted(summary.reasons.items()))
+                print(
+                    f"{summary.modality}: {store.count} rows in {summary.store_dir} "
+                    f"({summary.embedded} embedded now by rank 0 at {summary.rows_per_second:.1f} rows/s, "
+                    f"{summary.already_done} done before); {store.manifest['rejected']} rejected"
+                    + (f" (this run, rank 0: {reasons})" if reasons else "")
+                    + (f", see {summary.store_dir / 'rejected.jsonl'}" if store.manifest["rejected"] else "")
+                )
+    _shutdown_distributed()
+    return 0
+
+
+def _inputs(args) -> dict[str, Path]:
+    inputs: dict[str, Path] = {}
+    if args.dataset:
+        inputs = {"text": args.dataset, "image": args.dataset}
+    for modality, path in (("text", args.texts), ("image", args.images)):
+        if path is not None:
+            if modality in inputs:
+                raise RevisionError(f"--{modality}s given together with --dataset; use one of them")
+            inputs[modality] = path
+    if not inputs:
+        raise RevisionError("nothing to embed: give --texts, --images or --dataset")
+    return inputs
+
+
+def _init_distributed() -> tuple[int, int, int]:
+    """Rank, world size and local rank; joins the process group started by torchrun."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1:
+        return 0, 1, 0
+    import torch
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        # Ranks wait for each other only at the end; allow for unequal progress.
+        dist.init_process_group(backend=backend, timeout=timedelta(hours=6))
+    return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def _shutdown_distributed() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def _device(requested: str, local_rank: int) -> str:
+    if requested != "auto":
+        return requested
+    import torch
+
+    return f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
+
+
+if __name__ == "__main__":
+    from revision_plugin.cli import main
+
+    sys.exit(main(["embed", *sys.argv[1:]]))

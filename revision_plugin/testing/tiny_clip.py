@@ -1,0 +1,102 @@
+"""Tiny, randomly initialised CLIP-family models saved locally (no download) for tests and CI.
+
+``build_tiny_clip`` writes a transformers ``CLIPModel`` with the real CLIP tokenizer class
+and image processor, loadable by ``load_encoder("hf_clip", dir)``. ``build_tiny_llm2clip``
+(implemented in ``tiny_llm2clip``) writes the two halves of the llm2clip path: a tiny
+bidirectional Llama text encoder and a tiny CLIP-with-text-adapter, with the same module
+layout as the released checkpoints.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+# Words that get their own BPE merges, so tokenisation is not purely per character.
+_MERGED_WORDS = ("a", "the", "of", "photo", "cat", "dog", "on", "in", "with", "and", "man", "red")
+
+
+def _byte_chars() -> list[str]:
+    """GPT-2/CLIP byte-to-unicode table: every byte has a printable stand-in character."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    chars, extra = [], 0
+    for byte in range(256):
+        if byte in printable:
+            chars.append(chr(byte))
+        else:
+            chars.append(chr(256 + extra))
+            extra += 1
+    return chars
+
+
+def tiny_clip_vocab() -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """A complete byte-level CLIP BPE vocabulary (any text tokenises) with a few merges."""
+    chars = _byte_chars()
+    tokens = chars + [c + "</w>" for c in chars]
+    merges: list[tuple[str, str]] = []
+    for word in _MERGED_WORDS:
+        pieces = list(word[:-1]) + [word[-1] + "</w>"]
+        while len(pieces) > 1:
+            merges.append((pieces[0], pieces[1]))
+            pieces = [pieces[0] + pieces[1]] + pieces[2:]
+            if pieces[0] not in tokens:
+                tokens.append(pieces[0])
+    tokens += ["<|startoftext|>", "<|endoftext|>"]
+    vocab = {token: i for i, token in enumerate(dict.fromkeys(tokens))}
+    return vocab, list(dict.fromkeys(merges))
+
+
+def build_tiny_clip(
+    directory: str | Path,
+    *,
+    dim: int = 32,
+    image_size: int = 32,
+    seed: int = 0,
+    max_text_length: int = 77,
+) -> Path:
+    """Save a tiny ``CLIPModel`` + ``CLIPTokenizer`` + CLIP image processor to ``directory``."""
+    import torch
+    from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
+
+    directory = Path(directory)
+    vocab, merges = tiny_clip_vocab()
+    tokenizer = CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=max_text_length)
+    config = CLIPConfig(
+        text_config=dict(
+            vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+            num_attention_heads=2, max_position_embeddings=max_text_length,
+            bos_token_id=vocab["<|startoftext|>"], eos_token_id=vocab["<|endoftext|>"],
+            pad_token_id=vocab["<|endoftext|>"],
+        ),
+        vision_config=dict(
+            hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+            image_size=image_size, patch_size=8,
+        ),
+        projection_dim=dim,
+    )
+    torch.manual_seed(seed)
+    model = CLIPModel(config).eval()
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    _clip_image_processor(image_size).save_pretrained(directory)
+    return directory
+
+
+def _clip_image_processor(image_size: int):
+    """CLIP's processor (resize shortest edge, centre crop, CLIP mean/std), PIL backend.
+
+    The PIL backend needs no torchvision; transformers 4.x only has that one.
+    """
+    try:
+        from transformers import CLIPImageProcessorPil as processor_class
+    except ImportError:  # transformers < 5
+        from transformers import CLIPImageProcessor as processor_class
+    return processor_class(
+        size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
+    )
+
+
+def build_tiny_llm2clip(directory: str | Path, **options):
+    """See ``revision_plugin.testing.tiny_llm2clip.build_tiny_llm2clip``; returns (model, text_model)."""
+    from revision_plugin.testing.tiny_llm2clip import build_tiny_llm2clip as build
+
+    return build(directory, **options)

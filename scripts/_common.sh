@@ -1,0 +1,75 @@
+# Shared by the ReVision launch scripts (sourced, not run).
+#
+# Flags are "--name value" (or "--name=value"); names map to upper-case variables with
+# dashes as underscores (--encoder-model -> ENCODER_MODEL). Everything after "--" goes to
+# LLaVA's train() unchanged. --dry-run prints the command instead of running it.
+
+SCRIPTS_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+EXTRA_ARGS=()
+DRY_RUN="${DRY_RUN:-0}"
+
+parse_flags() {
+    # $1: space-separated list of known flag names; then the script's arguments.
+    local known
+    known=" $(echo $1) "  # one space between names, whatever the caller's line breaks
+    shift
+    while [[ $# -gt 0 ]]; do
+        case "$1" in
+            --) shift; EXTRA_ARGS+=("$@"); break ;;
+            --dry-run) DRY_RUN=1; shift ;;
+            -h|--help) usage; exit 0 ;;
+            --*=*)
+                local name="${1%%=*}"; name="${name#--}"
+                set_flag "$known" "$name" "${1#*=}"; shift ;;
+            --*)
+                local name="${1#--}"
+                [[ $# -ge 2 ]] || die "--$name needs a value"
+                set_flag "$known" "$name" "$2"; shift 2 ;;
+            *) die "unexpected argument '$1' (LLaVA flags go after --)" ;;
+        esac
+    done
+}
+
+set_flag() {
+    local known="$1" name="$2" value="$3"
+    [[ "$known" == *" $name "* ]] || die "unknown option --$name (see --help)"
+    local var="${name//-/_}"; var="${var^^}"
+    printf -v "$var" '%s' "$value"
+}
+
+die() { echo "$(basename "$0"): error: $*" >&2; exit 2; }
+
+# A local path must exist; a hub id ("org/name") may be left to the hub.
+require_path() {
+    local what="$1" value="$2" hub_ok="${3:-0}"
+    [[ -n "$value" ]] || die "$what is required"
+    if [[ -e "$value" ]]; then return 0; fi
+    if [[ "$hub_ok" == 1 && "$value" != /* && "$value" != .* && "$value" =~ ^[^/]+/[^/]+$ ]]; then return 0; fi
+    die "$what not found: $value"
+}
+
+abspath() { if [[ "$1" == /* ]]; then echo "$1"; else echo "$PWD/$1"; fi; }
+
+# revision:<spec> from the tower flags (absolute paths, so the spec works from any directory).
+tower_spec() {
+    local spec="revision:encoder=${ENCODER},encoder_model=${ENCODER_MODEL},num_tokens=${NUM_TOKENS}"
+    if [[ -n "${OPERATOR:-}" && "$OPERATOR" != none ]]; then spec+=",operator=$(abspath "$OPERATOR")"; else spec+=",operator=none"; fi
+    [[ -n "${TEXT_STORE:-}" ]] && spec+=",text_store=$(abspath "$TEXT_STORE")"
+    [[ -n "${IMAGE_STORE:-}" ]] && spec+=",image_store=$(abspath "$IMAGE_STORE")"
+    [[ -n "${TEXT_MODEL:-}" ]] && spec+=",encoder_options.text_model=${TEXT_MODEL}"
+    [[ "${OFFLINE:-0}" == 1 || "${OFFLINE:-}" == true ]] && spec+=",offline=true"
+    echo "$spec"
+}
+
+launch() {
+    # $@: train.py arguments. LAUNCHER: "deepspeed" (default), "torchrun ...", or "python".
+    local -a cmd
+    read -r -a cmd <<< "${LAUNCHER}"
+    cmd+=("$SCRIPTS_DIR/train.py" "$@" "${EXTRA_ARGS[@]}")
+    if [[ "$DRY_RUN" == 1 ]]; then
+        printf '%s\n' "${cmd[@]}"
+        return 0
+    fi
+    echo "+ ${cmd[*]}" >&2
+    exec "${cmd[@]}"
+}

@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# ReVision stage 2, Visual Instruction Tuning: full fine-tune on real images, projector
+# initialised from stage 1. Defaults are the paper's settings: Llama-3-8B-Instruct,
+# LLM2CLIP-Openai-L-14-336, mlp2x_gelu, 1 epoch, lr 1e-5, DeepSpeed ZeRO-3.
+#
+#   scripts/stage2_finetune.sh --operator runs/realign \
+#       --projector-file checkpoints/revision-stage1/mm_projector.bin \
+#       --data data/internvl_sft.json --image-folder data/images --output-dir checkpoints/revision-llava-llama3-8b
+#
+# The output directory name should contain "llava": LLaVA's load_pretrained_model only
+# builds the vision tower for such names.
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/_common.sh"
+
+usage() {
+    cat <<'USAGE'
+Usage: stage2_finetune.sh [options] [-- extra LLaVA train() flags]
+  --data PATH            instruction json (LLaVA format; records with image, or none)  [required]
+  --image-folder DIR     image root                                                    [required]
+  --projector-file PATH  stage-1 mm_projector.bin                                      [required]
+  --operator DIR|none    the operator used in stage 1 (images go through op.align_image) [required]
+  --image-store DIR      cached image embeddings keyed by the records' image paths (optional)
+  --llm ID|DIR           default meta-llama/Meta-Llama-3-8B-Instruct
+  --version NAME         conversation template, default llama_3 (LLaVA's v1 for Vicuna/Llama-2)
+  --encoder KIND         default llm2clip   --encoder-model ID|DIR default microsoft/LLM2CLIP-Openai-L-14-336
+  --num-tokens K         as in stage 1 (default 1)   --projector TYPE  default mlp2x_gelu
+  --output-dir DIR       default ./checkpoints/revision-llava-llama3-8b
+  --epochs N (1)  --lr LR (1e-5)  --batch-size B (16 per device)  --grad-accum N (1)
+  --max-length N (2048)  --workers N (4)  --save-steps N (50000)  --tf32 True|False (True)
+  --image-aspect-ratio pad|square (pad)
+  --deepspeed JSON       default scripts/zero3.json
+  --launcher CMD         default "deepspeed"; e.g. "torchrun --nproc_per_node 8", "python"
+  --offline 0|1          never touch the hub for the encoder (default 0)
+  --dry-run              print the command instead of running it
+USAGE
+}
+
+DATA=""; IMAGE_FOLDER=""; PROJECTOR_FILE=""; OPERATOR=""; IMAGE_STORE=""; TEXT_STORE=""; TEXT_MODEL=""
+LLM=meta-llama/Meta-Llama-3-8B-Instruct; VERSION=llama_3
+ENCODER=llm2clip; ENCODER_MODEL=microsoft/LLM2CLIP-Openai-L-14-336
+NUM_TOKENS=1; PROJECTOR=mlp2x_gelu; OUTPUT_DIR=./checkpoints/revision-llava-llama3-8b
+EPOCHS=1; LR=1e-5; BATCH_SIZE=16; GRAD_ACCUM=1; MAX_LENGTH=2048; WORKERS=4; SAVE_STEPS=50000; TF32=True
+IMAGE_ASPECT_RATIO=pad; DEEPSPEED="$SCRIPTS_DIR/zero3.json"; LAUNCHER="${LAUNCHER:-deepspeed}"; OFFLINE=0
+
+parse_flags "data image-folder projector-file operator image-store llm version encoder encoder-model num-tokens
+             projector output-dir epochs lr batch-size grad-accum max-length workers save-steps tf32
+             image-aspect-ratio deepspeed launcher offline" "$@"
+
+require_path "--data" "$DATA"
+require_path "--image-folder" "$IMAGE_FOLDER"
+require_path "--projector-file" "$PROJECTOR_FILE"
+[[ "$OPERATOR" == none ]] || require_path "--operator" "$OPERATOR"
+[[ -z "$IMAGE_STORE" ]] || require_path "--image-store" "$IMAGE_STORE"
+require_path "--llm" "$LLM" 1
+require_path "--encoder-model" "$ENCODER_MODEL" 1
+require_path "--deepspeed" "$DEEPSPEED"
+
+ARGS=(
+    --deepspeed "$DEEPSPEED"
+    --model_name_or_path "$LLM"
+    --version "$VERSION"
+    --data_path "$DATA"
+    --image_folder "$IMAGE_FOLDER"
+    --vision_tower "$(tower_spec)"
+    --pretrain_mm_mlp_adapter "$PROJECTOR_FILE"
+    --mm_projector_type "$PROJECTOR"
+    --mm_use_im_start_end False
+    --mm_use_im_patch_token False
+    --image_aspect_ratio "$IMAGE_ASPECT_RATIO"
+    --group_by_modality_length True
+    --bf16 True
+    --output_dir "$OUTPUT_DIR"
+    --num_train_epochs "$EPOCHS"
+    --per_device_train_batch_size "$BATCH_SIZE"
+    --per_device_eval_batch_size 4
+    --gradient_accumulation_steps "$GRAD_ACCUM"
+    --eval_strategy no
+    --save_strategy steps
+    --save_steps "$SAVE_STEPS"
+    --save_total_limit 1
+    --learning_rate "$LR"
+    --weight_decay 0.
+    --warmup_ratio 0.03
+    --lr_scheduler_type cosine
+    --logging_steps 1
+    --tf32 "$TF32"
+    --model_max_length "$MAX_LENGTH"
+    --gradient_checkpointing True
+    --dataloader_num_workers "$WORKERS"
+    --lazy_preprocess True
+    --report_to none
+)
+launch "${ARGS[@]}"

@@ -1,0 +1,357 @@
+"""The whole ReVision cycle through LLaVA 1.2.2's own code (real llava-torch, tiny models, CPU):
+stage 1 on pseudo text -> mm_projector.bin -> stage 2 on PNG images -> load_pretrained_model
+-> generate on a real image; the paired baseline; mixed pseudo/real batches."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from revision_plugin.errors import ArtifactMismatchError, BadInputError
+from revision_plugin.testing.tiny_llava import (
+    CHECKPOINT_NAME,
+    STAGE1_NAME,
+    build_tiny_llava_checkpoint,
+    pytest_shared_dir,
+    run_llava_train,
+    stage1_args,
+    tiny_llava_data,
+)
+
+MISMATCH = "tokenization mismatch"
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> Path:
+    workdir = pytest_shared_dir(tmp_path_factory)
+    build_tiny_llava_checkpoint(workdir)
+    return workdir
+
+
+@pytest.fixture(scope="module")
+def data(workdir):
+    return tiny_llava_data(workdir)
+
+
+def _load(path: Path, model_base=None, name=None):
+    from revision_plugin.hosts.llava import load_pretrained_model
+
+    return load_pretrained_model(str(path), None if model_base is None else str(model_base), name or path.name,
+                                 device="cpu", device_map="cpu")
+
+
+def _prompt_ids(tokenizer, question: str = "What colour is the shape?", template: str = "vicuna_v1"):
+    from llava.constants import IMAGE_TOKEN_INDEX
+    from llava.conversation import conv_templates
+    from llava.mm_utils import tokenizer_image_token
+
+    conv = conv_templates[template].copy()
+    conv.append_message(conv.roles[0], f"<image>\n{question}")
+    conv.append_message(conv.roles[1], None)
+    return tokenizer_image_token(conv.get_prompt(), tokenizer, IMAGE_TOKEN_INDEX, return_tensors="pt").unsqueeze(0)
+
+
+def _pixels(data, processor, model, name="red_square.png"):
+    from llava.mm_utils import process_images
+    from PIL import Image
+
+    image = Image.open(data.image_folder / name).convert("RGB")
+    return process_images([image], processor, model.config).to(model.dtype), image
+
+
+# ----------------------------------------------------------------------------- stage 1
+
+
+def test_stage1_learns_from_pseudo_text(workdir):
+    stage1 = workdir / STAGE1_NAME
+    stdout = (workdir / "stage1_stdout.txt").read_text() + (workdir / "stage2_stdout.txt").read_text()
+    assert MISMATCH not in stdout  # LLaVA's silent "train on nothing" warning
+    history = json.loads((stage1 / "trainer_state.json").read_text())["log_history"]
+    losses = [entry["loss"] for entry in history if "loss" in entry]
+    assert len(losses) >= 40
+    first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
+    assert last < 0.75 * first, losses  # the projector learned to convey the caption
+
+
+def test_stage1_projector_file_carries_metadata(workdir, data):
+    from revision_plugin.hosts.llava import read_projector_metadata
+
+    path = workdir / STAGE1_NAME / "mm_projector.bin"
+    weights = torch.load(path, map_location="cpu", weights_only=True)
+    assert {k for k in weights if "mm_projector" in k} == {
+        "model.mm_projector.0.weight", "model.mm_projector.0.bias", "model.mm_projector.2.weight", "model.mm_projector.2.bias"}
+    meta = read_projector_metadata(path)
+    assert meta["encoder_id"] == data.encoder_id and meta["mm_hidden_size"] == 32 and meta["hidden_size"] == 64
+    assert meta["mm_projector_type"] == "mlp2x_gelu" and meta["alignment_method"] == "realign" and meta["num_tokens"] == 1
+
+
+def test_projector_for_another_encoder_is_refused(workdir):
+    from types import SimpleNamespace
+
+    from revision_plugin.hosts.llava import check_projector_metadata
+    from revision_plugin.tower import TowerConfig
+
+    path = workdir / STAGE1_NAME / "mm_projector.bin"
+    model_config = SimpleNamespace(hidden_size=64)
+    args = SimpleNamespace(mm_projector_type="mlp2x_gelu")
+    check_projector_metadata(path, TowerConfig(encoder_id=None, dim=32), model_config, args)
+    with pytest.raises(ArtifactMismatchError, match="encoder_id"):
+        check_projector_metadata(path, TowerConfig(encoder_id="llm2clip:other", dim=32), model_config, args)
+    with pytest.raises(ArtifactMismatchError, match="mm_projector_type"):
+        check_projector_metadata(path, TowerConfig(dim=32), model_config, SimpleNamespace(mm_projector_type="linear"))
+
+
+def test_stage1_only_checkpoint_is_evaluable(workdir, data):
+    tokenizer, model, processor, _ = _load(workdir / STAGE1_NAME, model_base=data.llm)
+    pixels, image = _pixels(data, processor, model)
+    out = model.generate(_prompt_ids(tokenizer, template="plain"), images=pixels, image_sizes=[image.size],
+                         do_sample=False, max_new_tokens=4)
+    assert out.shape[-1] > 0
+
+
+# ----------------------------------------------------------------------------- stage 2 + inference
+
+
+def test_stage2_checkpoint_loads_and_generates_on_a_real_image(workdir, data):
+    from revision_plugin.hosts.llava import tower_of
+
+    checkpoint = workdir / CHECKPOINT_NAME
+    config = json.loads((checkpoint / "config.json").read_text())
+    assert config["mm_vision_tower"] == "revision:revision_tower"
+    assert config["revision_tower"]["encoder_id"] == data.encoder_id and config["revision_tower"]["num_tokens"] == 1
+    tokenizer, model, processor, _ = _load(checkpoint)
+    tower = tower_of(model)
+    assert tower is not None and tower.tower_config.text_store is None
+    pixels, image = _pixels(data, processor, model)
+    out = model.generate(_prompt_ids(tokenizer), images=pixels, image_sizes=[image.size], do_sample=False, max_new_tokens=8)
+    answer = tokenizer.decode(out[0], skip_special_tokens=True).strip()
+    assert answer
+    # The image matters: another picture changes the next-token distribution.
+    ids = _prompt_ids(tokenizer)
+    other, _ = _pixels(data, processor, model, "blue_circle.png")
+    with torch.no_grad():
+        a = model(input_ids=ids, images=pixels).logits[0, -1]
+        b = model(input_ids=ids, images=other).logits[0, -1]
+    assert not torch.allclose(a, b)
+
+
+def test_reloaded_and_moved_checkpoint_gives_the_same_logits(workdir, data, tmp_path):
+    checkpoint = workdir / CHECKPOINT_NAME
+    tokenizer, model, processor, _ = _load(checkpoint)
+    pixels, _ = _pixels(data, processor, model)
+    ids = _prompt_ids(tokenizer)
+    with torch.no_grad():
+        reference = model(input_ids=ids, images=pixels).logits
+    moved = tmp_path / "moved-llava-checkpoint"
+    shutil.copytree(checkpoint, moved)
+    config = json.loads((moved / "config.json").read_text())
+    config["revision_tower_saved_at"] = str(tmp_path / "does-not-exist")  # must resolve next to itself
+    (moved / "config.json").write_text(json.dumps(config))
+    tokenizer2, model2, processor2, _ = _load(moved)
+    with torch.no_grad():
+        again = model2(input_ids=_prompt_ids(tokenizer2), images=_pixels(data, processor2, model2)[0]).logits
+    torch.testing.assert_close(again, reference, rtol=0, atol=0)
+
+
+def test_operator_stays_frozen_through_training(workdir, data):
+    from revision_plugin.align.base import load_operator
+    from revision_plugin.hosts.llava import tower_of
+
+    original = load_operator(data.operator)
+    for saved_dir in (workdir / STAGE1_NAME, workdir / CHECKPOINT_NAME):
+        saved = load_operator(saved_dir / "revision_tower" / "operator")
+        for (name, a), (_, b) in zip(original.named_buffers(), saved.named_buffers()):
+            assert torch.equal(a, b), (saved_dir, name)
+    tokenizer, model, processor, _ = _load(workdir / CHECKPOINT_NAME)
+    model.float().train()
+    tower = tower_of(model)
+    assert not any(True for _ in tower.parameters())
+    pixels, _ = _pixels(data, processor, model)
+    ids = _prompt_ids(tokenizer)
+    loss = model(input_ids=ids, images=pixels.float(), labels=ids.masked_fill(ids < 0, -100)).loss
+    loss.backward()
+    assert model.get_model().mm_projector[0].weight.grad is not None
+    assert tower.operator.training  # follows the host
+    for name, buf in tower.operator.named_buffers():
+        assert buf.grad is None and not buf.requires_grad
+        assert torch.equal(buf, dict(original.named_buffers())[name].to(buf.device))
+
+
+def test_pseudo_and_image_features_share_the_projector(workdir, data):
+    import numpy as np
+
+    from revision_plugin.align.base import load_operator
+    from revision_plugin.store import open_store
+    from revision_plugin.tower import (
+        KIND_PIXELS,
+        KIND_TEXT_FEATURE,
+        TowerSample,
+        collate_tower_inputs,
+    )
+
+    _, model, processor, _ = _load(workdir / CHECKPOINT_NAME)
+    model.float().eval()
+    pixels, image = _pixels(data, processor, model)
+    text_emb = open_store(data.text_store).lookup(["cap-red-square"])[0]
+    batch = collate_tower_inputs([TowerSample(KIND_TEXT_FEATURE, text_emb), TowerSample(KIND_PIXELS, pixels[0].float())])
+    with torch.no_grad():
+        features = model.encode_images(batch)  # LLaVA's own tower -> projector path
+    projector = model.get_model().mm_projector
+    op = load_operator(data.operator)
+    from revision_plugin.encoders import load_encoder
+
+    image_emb = load_encoder("hf_clip", data.encoder, offline=True).encode_images([image])
+    with torch.no_grad():
+        expected_text = projector(op(torch.from_numpy(np.asarray(text_emb))).float())
+        expected_image = projector(op.align_image(image_emb)[0].float())
+    torch.testing.assert_close(features[0, 0], expected_text, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(features[1, 0], expected_image, atol=1e-5, rtol=1e-5)
+
+
+# ----------------------------------------------------------------------------- baseline, mixed data, records
+
+
+def test_paired_baseline_learns_through_the_same_tower(workdir, data, tmp_path):
+    out = run_llava_train(stage1_args(data, tmp_path / "paired-stage1", spec=data.spec_online,
+                                      data_path=data.paired_json, epochs=6))
+    assert MISMATCH not in out.stdout
+    losses = out.losses
+    assert len(losses) >= 30 and sum(losses[-5:]) / 5 < 0.8 * sum(losses[:5]) / 5, losses
+    assert (tmp_path / "paired-stage1" / "mm_projector.bin").is_file()
+
+
+def test_mixed_pseudo_and_real_batches(workdir, data, tmp_path):
+    records = json.loads(data.stage1_json.read_text())[:6]  # cached pseudo (text_id)
+    records += json.loads(data.stage1_online_json.read_text())[:6]  # online pseudo (text)
+    records += json.loads(data.paired_json.read_text())[:6]  # real images
+    mixed = tmp_path / "mixed.json"
+    mixed.write_text(json.dumps(records))
+    spec = data.spec_cached  # text store + encoder for texts and images
+    out = run_llava_train(stage1_args(data, tmp_path / "mixed", spec=spec, data_path=mixed, epochs=1, batch_size=6,
+                                      extra=["--group_by_modality_length", "False"]))
+    assert MISMATCH not in out.stdout
+    assert len(out.losses) == 3 and all(loss > 0 for loss in out.losses)
+
+
+def _dataset(data, records, tmp_path, tokenizer=None, version="plain", **tower_overrides):
+    import llava.train.train as llava_train
+    from llava import conversation as conversation_lib
+    from transformers import AutoTokenizer
+
+    from revision_plugin.hosts.llava import RevisionImageProcessor, register
+    from revision_plugin.tower import parse_tower_spec, resolve_tower_config
+
+    register()
+    path = tmp_path / "records.json"
+    path.write_text(json.dumps(records))
+    tokenizer = tokenizer or AutoTokenizer.from_pretrained(str(data.llm), use_fast=False, model_max_length=256,
+                                                           padding_side="right")
+    tokenizer.pad_token = tokenizer.unk_token
+    conversation_lib.default_conversation = conversation_lib.conv_templates[version]
+    config = resolve_tower_config(parse_tower_spec(data.spec_cached))
+    for key, value in tower_overrides.items():
+        setattr(config, key, value)
+    data_args = llava_train.DataArguments(data_path=str(path), lazy_preprocess=True, is_multimodal=True,
+                                          image_folder=str(data.image_folder))
+    data_args.image_processor = RevisionImageProcessor(None, config)
+    data_args.mm_use_im_start_end = False
+    return llava_train.make_supervised_data_module(tokenizer=tokenizer, data_args=data_args)["train_dataset"]
+
+
+def test_tokenization_mismatch_is_an_error_not_a_silent_zero_loss(data, tmp_path, capsys):
+    from transformers import AutoTokenizer
+
+    records = [{"id": "two-rounds", "text_id": "cap-red-square", "conversations": [
+        {"from": "human", "value": "<image>\nWhat colour is the shape?"}, {"from": "gpt", "value": "The shape is red."},
+        {"from": "human", "value": "What shape is in the picture?"}, {"from": "gpt", "value": "It is a square."}]}]
+    good = _dataset(data, records, tmp_path, version="vicuna_v1")
+    item = good[0]
+    assert (item["labels"] != -100).any()
+    assert MISMATCH not in capsys.readouterr().out
+    # A tokenizer whose `legacy` flag does not describe how it tokenises (the classic cause of
+    # LLaVA's mismatch) makes LLaVA's v1 masking count rounds wrong and mask everything.
+    wrong = AutoTokenizer.from_pretrained(str(data.llm), use_fast=False, model_max_length=256, padding_side="right")
+    wrong.legacy = True
+    bad = _dataset(data, records, tmp_path, tokenizer=wrong, version="vicuna_v1")
+    with pytest.raises(BadInputError, match="every label is masked"):
+        bad[0]
+    assert MISMATCH in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("record, message", [
+    ({"id": "x", "image": "red_square.png", "text_id": "cap-red-square"}, "at most one visual input"),
+    ({"id": "x", "text_id": "no-such-caption"}, "no-such-caption"),
+    ({"id": "x", "text_id": "cap-red-square", "no_image_token": True}, "<image> tokens"),
+    ({"id": "x", "text": ""}, "non-empty string"),
+])
+def test_bad_records_are_named(data, tmp_path, record, message):
+    conversations = [{"from": "human", "value": "<image>\n"}, {"from": "gpt", "value": "a red square."}]
+    if record.pop("no_image_token", False):
+        conversations[0]["value"] = "describe"
+    record["conversations"] = conversations
+    good = {"id": "ok", "text_id": "cap-red-square", "conversations": conversations if "image>" in conversations[0]["value"] else
+            [{"from": "human", "value": "<image>\n"}, {"from": "gpt", "value": "a red square."}]}
+    with pytest.raises(Exception, match=message) as info:
+        _dataset(data, [good, record], tmp_path)
+    assert "record 1" in str(info.value) or "no-such-caption" in str(info.value)
+
+
+def test_register_is_idempotent_and_undoable():
+    import llava.train.train as llava_train
+    from llava.model import llava_arch
+
+    from revision_plugin.hosts.llava import register
+
+    undo = register()
+    assert register() is undo
+    hooked = llava_arch.build_vision_tower
+    undo()
+    assert llava_arch.build_vision_tower is hooked.__wrapped__
+    assert not hasattr(llava_train.make_supervised_data_module, "__wrapped__")
+    undo()  # a second undo is harmless
+    assert register() is not undo
+    assert llava_arch.build_vision_tower is not hooked.__wrapped__
+
+
+def test_llama_3_template_masks_exactly_the_answers(data, tmp_path, capsys):
+    """The paper's LLM is Llama-3-Instruct; LLaVA 1.2.2 has no template for it (`--version llama_3`)."""
+    from llava.conversation import conv_templates
+    from transformers import AutoTokenizer
+
+    records = [{"id": "l3", "text_id": "cap-red-square", "conversations": [
+        {"from": "human", "value": "<image>\nWhat colour is the shape?"}, {"from": "gpt", "value": "The shape is red."},
+        {"from": "human", "value": "What shape is in the picture?"}, {"from": "gpt", "value": "It is a square."}]}]
+    tokenizer = AutoTokenizer.from_pretrained(str(data.llm), use_fast=False, model_max_length=256, padding_side="right")
+    item = _dataset(data, records, tmp_path, tokenizer=tokenizer, version="llama_3")[0]
+    learned = item["labels"][item["labels"] != -100]
+    text = tokenizer.decode(learned)
+    assert text.replace(" ", "") == "Theshapeisred.<|eot_id|>Itisasquare.<|eot_id|>", text
+    assert (item["input_ids"] == -200).sum() == 1  # one <image> slot, LLaVA's own marker
+    prompt = conv_templates["llama_3"].copy()
+    prompt.append_message(prompt.roles[0], "<image>\nHi")
+    prompt.append_message(prompt.roles[1], None)
+    assert prompt.get_prompt().endswith("<|start_header_id|>assistant<|end_header_id|>\n\n")
+    assert MISMATCH not in capsys.readouterr().out
+
+
+def test_stage1_can_be_resumed(data, tmp_path):
+    """LLaVA saves only mm_projector.bin in stage-1 checkpoints; resuming needs the optimizer,
+    scheduler and trainer state too (IntelLabs/multimodal_cognitive_ai PR #31)."""
+    out = tmp_path / "resumable"
+    save = ["--save_strategy", "steps", "--save_steps", "3", "--max_steps", "3"]
+    first = run_llava_train(stage1_args(data, out, extra=save))
+    checkpoint = out / "checkpoint-3"
+    for name in ("mm_projector.bin", "optimizer.pt", "scheduler.pt", "trainer_state.json", "revision_tower"):
+        assert (checkpoint / name).exists(), name
+    saved = torch.load(checkpoint / "mm_projector.bin", weights_only=True)
+    resumed = run_llava_train(stage1_args(data, out, extra=[*save[:-1], "6"]))  # LLaVA resumes from checkpoint-*
+    assert MISMATCH not in first.stdout + resumed.stdout
+    steps = [h["step"] for h in resumed.log_history if "loss" in h]
+    assert steps == [1, 2, 3, 4, 5, 6]  # 1-3 restored from the checkpoint's state, 4-6 trained now
+    assert resumed.stdout.count("'loss'") == 3 and first.stdout.count("'loss'") == 3
+    final = torch.load(out / "mm_projector.bin", weights_only=True)
+    assert not torch.equal(final["model.mm_projector.0.weight"], saved["model.mm_projector.0.weight"])
