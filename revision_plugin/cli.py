@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "report": ("revision_plugin.geometry.commands_report", "geometry report (gap, spectrum, JS, kNN, frame) of embeddings and operators on held-out data"),
     "demo": ("revision_plugin.demo", "the embedded default job: synthetic data, every operator, gap table + report"),
     "patch-host": ("revision_plugin.hosts.patch", "apply the LLaVA 1.2.2 compatibility patches to the installed llava (idempotent)"),
+    "llava-data": ("revision_plugin.hosts.llava_data", "LLaVA caption json -> stage-1 text_id records + captions to embed"),
 }
 
 

@@ -355,3 +355,48 @@ def test_stage1_can_be_resumed(data, tmp_path):
     assert resumed.stdout.count("'loss'") == 3 and first.stdout.count("'loss'") == 3
     final = torch.load(out / "mm_projector.bin", weights_only=True)
     assert not torch.equal(final["model.mm_projector.0.weight"], saved["model.mm_projector.0.weight"])
+
+
+def test_text_only_stage1_transfers_to_real_images(workdir, data):
+    """ReVision's claim in miniature: a projector trained on pseudo-visual *text* only, fed
+    *real* images through the same tower (op.align_image), already captions them far above
+    chance (1 in 12)."""
+    from itertools import product
+
+    from llava.constants import IMAGE_TOKEN_INDEX
+    from llava.mm_utils import tokenizer_image_token
+
+    from revision_plugin.testing.tiny_llava import COLOURS, SHAPES, caption_for
+
+    tokenizer, model, processor, _ = _load(workdir / STAGE1_NAME, model_base=data.llm)
+    model.float()
+    ids = tokenizer_image_token("<image>", tokenizer, IMAGE_TOKEN_INDEX, return_tensors="pt").unsqueeze(0)
+    exact = colour = 0
+    for c, s in product(COLOURS, SHAPES):
+        pixels, _ = _pixels(data, processor, model, f"{c}_{s}.png")
+        out = model.generate(ids, images=pixels.float(), do_sample=False, max_new_tokens=10)
+        text = tokenizer.decode(out[0], skip_special_tokens=True).strip()
+        exact += text.startswith(caption_for(c, s).rstrip("."))
+        colour += text.startswith(f"a {c} ")
+    assert exact >= 3 and colour >= 6, (exact, colour)
+
+
+def test_stage1_on_cached_text_never_loads_the_encoder(data, tmp_path, monkeypatch):
+    """A text_id-only stage 1 needs no image encoder (LLM2CLIP's is 0.6B parameters)."""
+    import pickle
+
+    import revision_plugin.encoders as encoders
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the encoder was loaded")
+
+    monkeypatch.setattr(encoders, "load_encoder", refuse)
+    out = run_llava_train(stage1_args(data, tmp_path / "cached-only", epochs=1))
+    assert len(out.losses) == 6
+    from revision_plugin.hosts.llava import LlavaRevisionTower
+    from revision_plugin.tower import parse_tower_spec
+
+    processor = LlavaRevisionTower(parse_tower_spec(data.spec_cached)).image_processor
+    monkeypatch.undo()
+    restored = pickle.loads(pickle.dumps(processor))  # DataLoader workers (spawn)
+    assert restored.crop_size["height"] == 32

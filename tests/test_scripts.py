@@ -159,3 +159,29 @@ def test_tower_overrides_from_the_environment(monkeypatch, data):
     monkeypatch.setenv("REVISION_TOWER_OVERRIDES", "encoder_model=/elsewhere/clip,k=4")
     changed = apply_overrides(config)
     assert changed.encoder_model == "/elsewhere/clip" and changed.num_tokens == 4 and changed.operator == config.operator
+
+
+def test_llava_data_turns_caption_records_into_pseudo_records(tmp_path, capsys):
+    from revision_plugin.cli import main
+
+    records = [
+        {"id": "004539375", "image": "00453/004539375.jpg", "conversations": [
+            {"from": "human", "value": "Render a clear and concise summary of the photo.\n<image>"},
+            {"from": "gpt", "value": "select luxury furniture 3 - inch gel memory foam mattress topper"}]},
+        {"image": "x.jpg", "conversations": [{"from": "human", "value": "<image>\n"}, {"from": "gpt", "value": "a cat."}]},
+    ]
+    source = tmp_path / "blip_laion.json"
+    source.write_text(json.dumps(records))
+    out_json, out_texts = tmp_path / "stage1.json", tmp_path / "captions.jsonl"
+    assert main(["llava-data", "--input", str(source), "--out-json", str(out_json), "--out-texts", str(out_texts)]) == 0
+    stage1 = json.loads(out_json.read_text())
+    assert [r["text_id"] for r in stage1] == ["004539375", "rec-1"] and all("image" not in r for r in stage1)
+    assert stage1[0]["conversations"] == records[0]["conversations"]
+    texts = [json.loads(line) for line in out_texts.read_text().splitlines()]
+    assert texts[1] == {"id": "rec-1", "text": "a cat."}
+    assert main(["llava-data", "--input", str(source), "--out-json", str(out_json), "--out-texts", str(out_texts)]) == 2
+    records.append(dict(records[0]))
+    source.write_text(json.dumps(records))
+    assert main(["llava-data", "--input", str(source), "--out-json", str(tmp_path / "a.json"),
+                 "--out-texts", str(tmp_path / "b.jsonl")]) == 2
+    assert "duplicate id '004539375'" in capsys.readouterr().err

@@ -87,29 +87,46 @@ class RevisionImageProcessor:
     """The encoder's image processor, plus the tower config for LLaVA's data pipeline.
 
     LLaVA hands ``vision_tower.image_processor`` to its dataset (``data_args``); this
-    wrapper lets the plugin's dataset find the tower config there. Everything else is
-    delegated (``preprocess``, ``image_mean``, ``crop_size`` ...). Picklable (DataLoader workers).
+    wrapper lets the plugin's dataset find the tower config there, and loads the encoder
+    only when an image is actually processed (a stage 1 on cached text never loads it).
+    Everything else is delegated (``preprocess``, ``image_mean``, ``crop_size`` ...).
+    Picklable (DataLoader workers): the processor is resolved before pickling.
     """
 
-    def __init__(self, inner, tower_config: TowerConfig) -> None:
-        self.inner = inner
+    def __init__(self, inner, tower_config: TowerConfig, loader: Callable[[], Any] | None = None) -> None:
+        self._inner = inner
+        self._loader = loader
         self.tower_config = tower_config
 
+    @property
+    def inner(self):
+        if self._inner is None and self._loader is not None:
+            self._inner = self._loader()
+            self._loader = None
+        return self._inner
+
+    def __getstate__(self) -> dict:
+        return {"_inner": self.inner, "_loader": None, "tower_config": self.tower_config}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+
     def __getattr__(self, name: str):
-        if name in ("inner", "tower_config") or name.startswith("__"):
+        if name.startswith("_") or name in ("inner", "tower_config"):
             raise AttributeError(name)
-        if self.inner is None:
+        inner = self.inner
+        if inner is None:
             raise BadInputError(
                 "revision tower: this run has no image encoder (no encoder_model in the tower spec), "
                 f"so image processing ({name}) is unavailable; records must use text_id/text or the image_store"
             )
-        return getattr(self.inner, name)
+        return getattr(inner, name)
 
     def __call__(self, *args, **kwargs):
         return self.__getattr__("__call__")(*args, **kwargs) if self.inner is None else self.inner(*args, **kwargs)
 
     def __repr__(self) -> str:
-        return f"RevisionImageProcessor({self.inner!r})"
+        return f"RevisionImageProcessor({self._inner!r})"
 
 
 class LlavaRevisionTower(PseudoVisionTower):
@@ -131,7 +148,11 @@ class LlavaRevisionTower(PseudoVisionTower):
 
     @property
     def image_processor(self):
-        return RevisionImageProcessor(super().image_processor, self.tower_config)
+        loaded = self._encoder.image_processor if self._encoder is not None else None
+        return RevisionImageProcessor(loaded, self.tower_config, loader=self._load_image_processor)
+
+    def _load_image_processor(self):
+        return PseudoVisionTower.image_processor.fget(self)
 
     @property
     def hidden_size(self) -> int:
@@ -155,7 +176,7 @@ class LlavaRevisionTower(PseudoVisionTower):
     @property
     def config(self):
         """CLIP-config look-alike for LLaVA code paths that read ``vision_tower.config``."""
-        processor = super().image_processor
+        processor = self._encoder.image_processor if self._encoder is not None else None
         size = None
         if processor is not None:
             crop = getattr(processor, "crop_size", None) or {}
@@ -418,12 +439,7 @@ def make_supervised_data_module(tokenizer, data_args, _original=None) -> dict:
     _ensure_pad_token(tokenizer)
     dataset_cls = _make_dataset_class()
     dataset = dataset_cls(data_args.data_path, tokenizer, data_args, tower_config)
-    pixel_shape = None
-    if processor.inner is not None:
-        crop = getattr(processor.inner, "crop_size", None)
-        if isinstance(crop, dict) and "height" in crop:
-            pixel_shape = (3, crop["height"], crop["width"])
-    collator = RevisionDataCollator(llava_train.DataCollatorForSupervisedDataset(tokenizer=tokenizer), pixel_shape)
+    collator = RevisionDataCollator(llava_train.DataCollatorForSupervisedDataset(tokenizer=tokenizer))
     return {"train_dataset": dataset, "eval_dataset": None, "data_collator": collator}
 
 
@@ -567,6 +583,15 @@ def check_projector_metadata(path: str | Path, tower_config: TowerConfig, model_
         raise ArtifactMismatchError(f"{path}: pretrained projector does not match this run ({'; '.join(problems)})")
     if meta.get("num_tokens") not in (None, tower_config.num_tokens):
         logger.warning("revision: %s was trained with num_tokens=%s, this run uses %s", path, meta["num_tokens"], tower_config.num_tokens)
+    method, fingerprint = None, None
+    if tower_config.operator:
+        info = json.loads((Path(tower_config.operator) / "operator.json").read_text())
+        method, fingerprint = info.get("method"), info.get("fingerprint")
+    if (meta.get("alignment_method"), meta.get("operator_fingerprint")) != (method, fingerprint):
+        logger.warning("revision: %s was trained with operator %s (fingerprint %s); this run uses %s (%s). "
+                       "Images go through op.align_image: use the stage-1 operator unless this is intended.",
+                       path, meta.get("alignment_method"), str(meta.get("operator_fingerprint"))[:12], method,
+                       str(fingerprint)[:12])
 
 
 def finalize_checkpoint(output_dir: str | Path, model) -> None:

@@ -1,0 +1,79 @@
+"""``revision llava-data``: turn a LLaVA-format caption dataset (e.g. Bunny-pretrain,
+``blip_laion_cc_sbu_558k.json``) into ReVision's stage-1 inputs, without touching images:
+
+* ``--out-texts captions.jsonl``: ``{"id", "text"}`` per record, the caption (the first
+  ``gpt`` turn) to embed with ``revision embed --texts``;
+* ``--out-json stage1.json``: the same records with ``"text_id": <id>`` instead of
+  ``"image"``, for ``scripts/stage1_pretrain.sh --data`` (the tower looks the id up in the
+  text feature store; the conversation, hence LLaVA's tokenisation, is unchanged).
+
+Ids must be unique (records without an ``id`` get ``<prefix><index>``); a record without a
+``gpt`` caption or without ``<image>`` in its first human turn is an error naming it.
+No llava import: this is plain JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from revision_plugin.errors import BadInputError
+
+logger = logging.getLogger(__name__)
+
+IMAGE_TOKEN = "<image>"
+
+
+def pseudo_records(records: list, source: str = "<records>", id_prefix: str = "rec-") -> tuple[list[dict], list[dict]]:
+    """``(stage-1 records with text_id, caption texts)`` from LLaVA caption records."""
+    out, texts, seen = [], [], {}
+    for index, record in enumerate(records):
+        where = f"{source}: record {index}"
+        if not isinstance(record, dict) or not isinstance(record.get("conversations"), list):
+            raise BadInputError(f"{where}: no 'conversations' list")
+        rid = str(record["id"]) if record.get("id") is not None else f"{id_prefix}{index}"
+        if rid in seen:
+            raise BadInputError(f"{where}: duplicate id {rid!r} (also record {seen[rid]})")
+        seen[rid] = index
+        turns = record["conversations"]
+        human = next((t for t in turns if t.get("from") == "human"), None)
+        caption = next((t.get("value", "") for t in turns if t.get("from") == "gpt"), "")
+        if human is None or IMAGE_TOKEN not in str(human.get("value", "")):
+            raise BadInputError(f"{where} (id {rid!r}): the first human turn has no {IMAGE_TOKEN} token")
+        if not str(caption).strip():
+            raise BadInputError(f"{where} (id {rid!r}): no caption (gpt turn) to embed")
+        new = {k: v for k, v in record.items() if k not in ("image", "text", "text_id")}
+        new["id"] = rid
+        new["text_id"] = rid
+        out.append(new)
+        texts.append({"id": rid, "text": str(caption).strip()})
+    return out, texts
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--input", required=True, help="LLaVA-format json (list of records with conversations)")
+    parser.add_argument("--out-json", required=True, help="stage-1 json with text_id records")
+    parser.add_argument("--out-texts", required=True, help="captions .jsonl (id, text) for `revision embed --texts`")
+    parser.add_argument("--id-prefix", default="rec-", help="id of records without one: PREFIX + index")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
+
+
+def run(args) -> int:
+    source = Path(args.input)
+    try:
+        records = json.loads(source.read_text())
+    except json.JSONDecodeError as err:
+        raise BadInputError(f"{source}: invalid JSON ({err})") from err
+    if not isinstance(records, list):
+        raise BadInputError(f"{source}: expected a JSON list of records")
+    out, texts = pseudo_records(records, str(source), args.id_prefix)
+    for path in (Path(args.out_json), Path(args.out_texts)):
+        if path.exists() and not args.overwrite:
+            raise BadInputError(f"{path} exists (pass --overwrite to replace it)")
+        path.parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out_json).write_text(json.dumps(out, ensure_ascii=False))
+    with open(args.out_texts, "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in texts)
+    print(f"{len(out)} records -> {args.out_json} (text_id) and {args.out_texts} (captions to embed)")
+    return 0
