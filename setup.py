@@ -14,7 +14,7 @@ EXTRAS = {
     # llava-torch itself is installed with --no-deps (its metadata pins torch 2.0 and
     # transformers 4.36); these are the runtime dependencies it really needs.
     "llava": ["deepspeed>=0.15", "accelerate>=0.34", "einops", "peft"],
-    "eval": ["lmms-eval==0.7.3", "math-verify==0.9.0"],
+    "eval": ["lmms-eval==0.7.3", "math-verify==0.9.0", "matplotlib>=3.8"],
     "test": ["pytest>=8", "pytest-xdist", "pytest-timeout"],
 }
 EXTRAS["all"] = sorted({req for name, reqs in EXTRAS.items() if name != "test" for req in reqs})

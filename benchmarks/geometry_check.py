@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from revision_plugin.geometry import frame as gframe
+from revision_plugin.geometry.metrics import covariance
 from revision_plugin.geometry.report import build_report, format_table
 
 METHODS = ["mean_shift", "c3", "realign", "realign:centroid_iters=4", "blockwise"]
@@ -123,14 +124,17 @@ def train_dual_encoder(minutes: float, seed: int = 0, steps: int = 5000, batch: 
             px, py = embed(model, probe_img, probe_txt)
             if ref_frame is None:
                 ref_frame = gframe.build_frame(px, py, energy=0.9)
-            frame_t = gframe.build_frame(px, py, energy=0.9)
+            # U_t: the top-r eigenvectors of the current probe covariance, r fixed at t0's rank
+            _, vecs = np.linalg.eigh(covariance(px) + covariance(py))
+            basis_t = vecs[:, ::-1][:, : ref_frame.rank]
             gamma = gframe.decompose(px, py, ref_frame).gamma
             grads = torch.cat([ex.grad, ey.grad]).double().numpy()
             entry = {
                 "step": step,
                 "loss": float(loss.detach()),
                 "temperature": float(1 / scale.detach()),
-                "sin_theta": gframe.sin_theta(frame_t.basis_u, ref_frame),
+                "sin_theta": gframe.sin_theta(basis_t, ref_frame),
+                "sin_theta_rms": gframe.sin_theta(basis_t, ref_frame, rms=True),
                 "leakage": gframe.leakage_ratio(grads, ref_frame)["aggregate"],
                 "gamma_norm": float(np.linalg.norm(gamma)),
             }
@@ -234,10 +238,11 @@ def main() -> int:
           f"{trained['train_seconds']:.0f} s, held-out top-1 retrieval {100 * trained['top1_retrieval_1000']:.1f}% "
           f"(chance 0.1%), final temperature {trained['final_temperature']:.4f}")
     print("sec. 3 probe statistics after t0 (fixed frame U at t0, energy 0.9):")
-    print(f"{'step':>6} {'loss':>7} {'τ':>7} {'sinθ(U_t,U)':>12} {'leak_ref':>9} {'‖γ‖':>7} {'drift':>7} {'cos(γ_t,γ_t-1)':>15}")
+    print(f"{'step':>6} {'loss':>7} {'τ':>7} {'sinθ(U_t,U)':>12} {'RMS sinθ':>9} {'leak_ref':>9} {'‖γ‖':>7} {'drift':>7} "
+          f"{'cos(γ_t,γ_t-1)':>15}")
     for m in trained["monitor"]:
         cos = "-" if m["gamma_cos_prev"] is None else f"{m['gamma_cos_prev']:.4f}"
-        print(f"{m['step']:>6} {m['loss']:>7.3f} {m['temperature']:>7.4f} {m['sin_theta']:>12.4f} "
+        print(f"{m['step']:>6} {m['loss']:>7.3f} {m['temperature']:>7.4f} {m['sin_theta']:>12.4f} {m['sin_theta_rms']:>9.4f} "
               f"{m['leakage']:>9.4f} {m['gamma_norm']:>7.4f} {m['gamma_drift']:>7.4f} {cos:>15}")
     rep_toy = build_report(trained["text"], trained["image"], methods=METHODS, out_dir=args.out / "dual_encoder",
                            holdout=0.2, split="random", seed=args.seed, pairs="rows")

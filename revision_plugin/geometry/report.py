@@ -341,6 +341,10 @@ def build_report(
         outputs[label] = (t_out, i_out)
 
     if pair_arr is not None:
+        report["notes"].append(
+            "with pairs, held-out text and image rows can be paired samples: their centroids are correlated, "
+            "so the held-out gap can fall below gap_sampling_floor (which assumes independent samples)"
+        )
         report["frame"] = _frame_section(pair_arr, te, ime, text_all, image_all, variants, report, seed,
                                          max_points, energy, temperature)
 
