@@ -14,25 +14,12 @@ import pytest
 import torch
 from PIL import Image
 
+from encoder_fixtures import one_thread, tiny_clip_dir  # noqa: F401  (fixtures)
 from revision_plugin.cli import main
 from revision_plugin.encoders import load_encoder
 from revision_plugin.store import open_store
-from revision_plugin.testing.tiny_clip import build_tiny_clip
 
 WORDS = "a photo of the cat dog on in with and man red".split()
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
-@pytest.fixture(scope="module")
-def tiny_clip_dir(tmp_path_factory):
-    return build_tiny_clip(tmp_path_factory.mktemp("models") / "tiny-clip")
 
 
 @pytest.fixture(scope="module")

@@ -6,25 +6,11 @@ import pytest
 import torch
 from PIL import Image
 
+from encoder_fixtures import one_thread, tiny_clip_dir  # noqa: F401  (fixtures)
 from revision_plugin.encoders import load_encoder
 from revision_plugin.errors import RevisionError
-from revision_plugin.testing.tiny_clip import build_tiny_clip
 
 TEXTS = ["a photo of a cat", "dog", "héllo wörld 🙂, a much longer sentence with the red man and a dog on a mat"]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Two oversubscribed OpenMP threads per pytest worker make tiny models ~50x slower.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
-@pytest.fixture(scope="module")
-def tiny_clip_dir(tmp_path_factory):
-    return build_tiny_clip(tmp_path_factory.mktemp("models") / "tiny-clip")
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
+from encoder_fixtures import one_thread  # noqa: F401  (fixtures)
 from revision_plugin.cli import main
 from revision_plugin.encoders import load_encoder
 from revision_plugin.encoders.llm2vec_text import LLM2VecTextModel
@@ -22,14 +23,6 @@ TEXTS = [
     "  leading spaces stay, trailing go   ",
     "the red dog with the cat and a man on a mat in the photo, a rather longer caption " * 2,
 ]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")

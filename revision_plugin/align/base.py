@@ -170,6 +170,15 @@ class Operator(torch.nn.Module):
         )
 
     @classmethod
+    def fit_two_means(cls, text: ChunkSource, image: ChunkSource, ctx: FitContext, options: dict[str, Any]) -> "Operator":
+        """Fit for methods whose only statistics are the two means (``mu_text``, ``mu_image``)."""
+        options = cls.check_options(options)
+        text_stats = ctx.moments(text, f"{cls.method}: text")
+        image_stats = ctx.moments(image, f"{cls.method}: image")
+        info = cls.make_info(text_stats, image_stats, options)
+        return cls(info, mu_text=text_stats.mean, mu_image=image_stats.mean)
+
+    @classmethod
     def check_options(cls, options: dict[str, Any]) -> dict[str, Any]:
         unknown = set(options) - set(cls.default_options)
         if unknown:

@@ -32,11 +32,7 @@ class C3(Operator):
 
     @classmethod
     def fit(cls, text: ChunkSource, image: ChunkSource, ctx: FitContext, **options) -> "C3":
-        options = cls.check_options(options)
-        text_stats = ctx.moments(text, "c3: text")
-        image_stats = ctx.moments(image, "c3: image")
-        info = cls.make_info(text_stats, image_stats, options)
-        return cls(info, mu_text=text_stats.mean, mu_image=image_stats.mean)
+        return cls.fit_two_means(text, image, ctx, options)
 
     def _generator(self, device: torch.device) -> torch.Generator | None:
         seed = self.options["seed"]

@@ -22,11 +22,7 @@ class MeanShift(Operator):
 
     @classmethod
     def fit(cls, text: ChunkSource, image: ChunkSource, ctx: FitContext, **options) -> "MeanShift":
-        options = cls.check_options(options)
-        text_stats = ctx.moments(text, "mean_shift: text")
-        image_stats = ctx.moments(image, "mean_shift: image")
-        info = cls.make_info(text_stats, image_stats, options)
-        return cls(info, mu_text=text_stats.mean, mu_image=image_stats.mean)
+        return cls.fit_two_means(text, image, ctx, options)
 
     def transform(self, u: torch.Tensor) -> torch.Tensor:
         y = u - self.buffer("mu_text", u)
