@@ -11,7 +11,6 @@ import sys
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from encoder_fixtures import one_thread, tiny_clip_dir  # noqa: F401  (fixtures)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from revision_plugin.align.frame import ReferenceFrame, reference_frame
+from revision_plugin.align.frame import ReferenceFrame
 from revision_plugin.geometry import frame as gf
 
 

@@ -20,7 +20,8 @@ import math
 import time
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 import torch
