@@ -18,9 +18,9 @@ import json
 import logging
 import math
 import time
+from collections.abc import Iterable
 from contextlib import ExitStack
 from pathlib import Path
-from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -572,8 +572,8 @@ def format_table(report: dict) -> str:
     where = "in-sample" if data.get("in_sample") else f"held-out {data['eval_rows']['text']}+{data['eval_rows']['image']} rows"
     ref = report["image_reference"]
     lines = [
-        f"geometry report ({where}; operators in training mode; image α={ref['alpha']:.2f}, "
-        f"eff. rank={ref['effective_rank']:.1f})",
+        (f"geometry report ({where}; operators in training mode; image α={ref['alpha']:.2f}, "
+         f"eff. rank={ref['effective_rank']:.1f})"),
     ]
     header = (f"{'operator':<26} {'gap':>9} {'floor':>9} {'gap(fit)':>9} {'α text':>7} {'eff.rank':>8} {'JS':>8} "
               f"{'mix@20':>7} {'kNN@10':>7} {'MMD²':>9}")
