@@ -73,3 +73,30 @@ launch() {
     echo "+ ${cmd[*]}" >&2
     exec "${cmd[@]}"
 }
+
+# Trainer flags every stage shares; each stage script sets the variables and its own flags.
+append_training_args() {
+  ARGS+=(
+    --bf16 True
+    --output_dir "$OUTPUT_DIR"
+    --num_train_epochs "$EPOCHS"
+    --per_device_train_batch_size "$BATCH_SIZE"
+    --per_device_eval_batch_size 4
+    --gradient_accumulation_steps "$GRAD_ACCUM"
+    --eval_strategy no
+    --save_strategy steps
+    --save_steps "$SAVE_STEPS"
+    --save_total_limit 1
+    --learning_rate "$LR"
+    --weight_decay 0.
+    --warmup_ratio 0.03
+    --lr_scheduler_type cosine
+    --logging_steps 1
+    --tf32 "$TF32"
+    --model_max_length "$MAX_LENGTH"
+    --gradient_checkpointing True
+    --dataloader_num_workers "$WORKERS"
+    --lazy_preprocess True
+    --report_to none
+  )
+}
