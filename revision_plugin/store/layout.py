@@ -21,8 +21,9 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, Iterator
 
 import numpy as np
 
@@ -44,14 +45,16 @@ def shard_stem(rank: int, seq: int) -> str:
     return f"r{rank:05d}-{seq:06d}"
 
 
-def atomic_write_bytes(path: Path, data: bytes, fsync: bool = True) -> None:
-    """Write ``data`` to ``path`` so readers see the old file or the new one, never a mix."""
+@contextmanager
+def atomic_file(path: Path, fsync: bool = True) -> Iterator[BinaryIO]:
+    """Write ``path`` through a temp file in the same directory, renamed into place only
+    when the block completes; on any error the temp file is removed and ``path`` untouched."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            yield f
             if fsync:
                 f.flush()
                 os.fsync(f.fileno())
@@ -59,6 +62,12 @@ def atomic_write_bytes(path: Path, data: bytes, fsync: bool = True) -> None:
     except BaseException:
         _remove_quietly(tmp)
         raise
+
+
+def atomic_write_bytes(path: Path, data: bytes, fsync: bool = True) -> None:
+    """Write ``data`` to ``path`` so readers see the old file or the new one, never a mix."""
+    with atomic_file(path, fsync) as f:
+        f.write(data)
 
 
 def atomic_write_json(path: Path, obj: Any, fsync: bool = True) -> None:
@@ -67,19 +76,8 @@ def atomic_write_json(path: Path, obj: Any, fsync: bool = True) -> None:
 
 def atomic_write_npy(path: Path, array: np.ndarray, fsync: bool = True) -> None:
     """Save a float32 C-ordered ``.npy`` atomically (temp file in the same dir + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.lib.format.write_array(f, np.ascontiguousarray(array, dtype=DTYPE), allow_pickle=False)
-            if fsync:
-                f.flush()
-                os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        _remove_quietly(tmp)
-        raise
+    with atomic_file(path, fsync) as f:
+        np.lib.format.write_array(f, np.ascontiguousarray(array, dtype=DTYPE), allow_pickle=False)
 
 
 def npy_data_offset(path: Path) -> tuple[int, tuple[int, ...], np.dtype]:
