@@ -24,7 +24,7 @@ setup(
     version="0.1.0",
     description="ReVision/ReAlign: text-only projector pretraining for LLaVA-style MLLMs",
     packages=find_packages(include=["revision_plugin", "revision_plugin.*"]),
-    package_data={"revision_plugin": ["py.typed"]},
+    package_data={"revision_plugin": ["py.typed", "hosts/patches/*/*.patch"]},
     python_requires=">=3.10",
     install_requires=["torch>=2.1", "numpy>=1.24", "safetensors>=0.4", "tqdm>=4.60"],
     extras_require=EXTRAS,

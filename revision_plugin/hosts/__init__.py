@@ -5,5 +5,5 @@ MLLM codebase. Each adapter is the only module that imports its host package.
   ``register()`` makes ``--vision_tower revision:<spec>`` work in LLaVA's own ``train()``,
   ``load_pretrained_model`` and evaluation code.
 * ``revision_plugin.hosts.patch`` - ``revision patch-host``: the compatibility patches of
-  ``patches/llava-1.2.2/`` for current transformers, applied idempotently.
+  ``hosts/patches/llava-1.2.2/`` (package data) for current transformers, applied idempotently.
 """

@@ -185,12 +185,11 @@ def find_host(package_dir: str | Path | None = None) -> HostInstall:
 
 
 def default_patch_dir() -> Path:
-    """``patches/llava-1.2.2`` shipped inside the package, else in the source checkout."""
-    here = Path(__file__).resolve()
-    for candidate in (here.parent / "patches" / PATCH_SERIES, here.parents[2] / "patches" / PATCH_SERIES):
-        if candidate.is_dir():
-            return candidate
-    raise RevisionError(f"patch directory {PATCH_SERIES} not found next to {here}; pass --patch-dir")
+    """``patches/llava-1.2.2``, shipped inside the package (package data: wheels carry it)."""
+    candidate = Path(__file__).resolve().parent / "patches" / PATCH_SERIES
+    if not candidate.is_dir():
+        raise RevisionError(f"patch directory {candidate} is missing from this installation; reinstall revision_plugin")
+    return candidate
 
 
 def load_series(patch_dir: str | Path | None = None) -> list[FilePatch]:
