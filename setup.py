@@ -13,8 +13,9 @@ EXTRAS = {
     ],
     # llava-torch itself is installed with --no-deps (its metadata pins torch 2.0 and
     # transformers 4.36); these are the runtime dependencies it really needs.
-    "llava": ["deepspeed>=0.15", "accelerate>=0.34", "einops", "peft"],
-    "eval": ["lmms-eval==0.7.3", "math-verify==0.9.0", "matplotlib>=3.8"],
+    "llava": ["deepspeed>=0.15", "accelerate>=0.34", "einops", "peft", "shortuuid"],
+    # lmms-eval imports filelock's private `_api` without declaring filelock; 4.3 removed it.
+    "eval": ["lmms-eval==0.7.3", "math-verify==0.9.0", "matplotlib>=3.8", "filelock>=3.15.3,<4.3"],
     "test": ["pytest>=8", "pytest-xdist", "pytest-timeout"],
 }
 EXTRAS["all"] = sorted({req for name, reqs in EXTRAS.items() if name != "test" for req in reqs})

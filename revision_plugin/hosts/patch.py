@@ -1,20 +1,25 @@
-"""``revision patch-host``: apply ``patches/llava-1.2.2/*.patch`` to the installed LLaVA.
+"""``revision patch-host``: apply the LLaVA 1.2.2 compatibility patches to a llava package.
 
-LLaVA 1.2.2 (``llava-torch==1.2.2.post1``) was written for transformers 4.36; the patches
-make it run on current transformers (4.46 ... 5.x): ``cache_position`` in ``generate``, moved
-imports, changed ``Trainer`` signatures, flags removed in 5.x, CPU DeepSpeed, ZeRO-3
-projector loading, and import errors that LLaVA's bare ``except`` used to hide. What a
-runtime hook can do (the tower, data, checkpoints) is in ``revision_plugin.hosts.llava``.
+LLaVA 1.2.2 (``llava-torch==1.2.2.post1``, or the upstream git repository and its forks) was
+written for transformers 4.36; the patches make it run on current transformers (4.46 ... 5.x):
+``cache_position`` in ``generate``, moved imports, changed ``Trainer`` signatures, flags
+removed in 5.x, CPU DeepSpeed, ZeRO-3 projector loading, and import errors that LLaVA's bare
+``except`` used to hide. What a runtime hook can do (the tower, data, checkpoints) is in
+``revision_plugin.hosts.llava``.
 
-The patches are plain unified diffs (``patch -p1`` applies them in ``site-packages`` too);
-this module applies them itself (no ``patch`` program needed) and is idempotent:
+The patches ship inside this package (``hosts/patches/llava-1.2.2/*.patch``, plain unified
+diffs: ``git apply`` in a checkout or ``patch -p1`` in ``site-packages`` apply them too); this
+module applies them itself (no ``patch`` program needed) and is idempotent. The host is
+identified by *content*, hunk by hunk, so a wheel install, an editable git checkout and a fork
+are handled alike:
 
-* every file is classified *pristine* (the hunks apply; with the wheel's ``RECORD`` at hand
-  its sha256 must also be the released one), *patched* (the hunks are already there and
-  reverse-applying them gives back the released file) or *modified* (neither: refused);
-* nothing is written unless every file of every patch can be brought to the patched state;
+* every file is classified *pristine* (each hunk applies; for a wheel install, whose
+  ``RECORD`` is at hand, the sha256 must also be the released one), *patched* (each hunk is
+  already there and reverse-applying them gives back the original) or *modified* (neither:
+  refused, with a per-hunk report of what does not fit and what to do);
+* nothing is written unless every file of every patch can be brought to the target state;
   files are replaced atomically;
-* another llava-torch version is refused with a clear message.
+* an installed llava-torch of another version is refused with a clear message.
 """
 
 from __future__ import annotations
@@ -148,9 +153,13 @@ def _find_block(lines: list[str], block: list[str], expected: int) -> int | None
 
 @dataclass
 class HostInstall:
-    package_dir: Path  # .../site-packages/llava
-    version: str | None
+    package_dir: Path  # .../site-packages/llava, or <checkout>/llava
+    version: str | None  # the wheel's version; None for a source checkout (identified by content)
     record_hashes: dict[str, str]  # relative path -> urlsafe-b64 sha256 (from the wheel RECORD)
+
+    def describe(self) -> str:
+        kind = f"llava-torch {self.version}" if self.version else "llava source checkout"
+        return f"{kind} at {self.package_dir}"
 
     @property
     def root(self) -> Path:
@@ -158,7 +167,11 @@ class HostInstall:
 
 
 def find_host(package_dir: str | Path | None = None) -> HostInstall:
-    """The llava package to patch: ``package_dir`` or the importable one (not imported)."""
+    """The llava package to patch: ``package_dir`` or the importable one (not imported).
+
+    A wheel install has ``llava_torch-*.dist-info`` beside the package (version, released
+    hashes); an editable checkout (``git clone`` + ``pip install -e .``) has none and is
+    identified by its files' content alone."""
     if package_dir is None:
         spec = importlib.util.find_spec("llava")
         if spec is None or not spec.submodule_search_locations:
@@ -261,31 +274,46 @@ def _classify(install: HostInstall, rel: str, hunks: list[Hunk]) -> FileState:
     if released is not None and _sha(raw) == released:
         try:
             return FileState(rel, PRISTINE, patched_text=apply_hunks(text, hunks, name=rel), pristine_text=text)
-        except PatchError as err:  # the released file itself: the patch is for another release
-            return FileState(rel, MODIFIED, f"the patch does not fit the released file: {err}")
+        except PatchError:  # the released file itself: the patch is for another release
+            return FileState(rel, MODIFIED, "the patch does not fit the released file: " + _hunk_report(text, hunks))
     # Already patched? (checked before "applies", so that a patch is never applied twice)
     try:
         restored = apply_hunks(text, hunks, reverse=True, name=rel)
         if released is None or _sha(restored.encode("utf-8")) == released:
             return FileState(rel, PATCHED, patched_text=text, pristine_text=restored)
-        reverse_detail = "patched, but other local edits are present"
+        return FileState(rel, MODIFIED, "patched, but the file has other local edits (its sha256 is not the "
+                                        "released file's after reversing the patch)")
     except PatchError:
-        reverse_detail = "the patch is neither applied nor applicable"
+        pass
     if released is None:
         try:
             return FileState(rel, PRISTINE, patched_text=apply_hunks(text, hunks, name=rel), pristine_text=text)
-        except PatchError as err:
-            return FileState(rel, MODIFIED, f"{reverse_detail}: {err}")
-    return FileState(rel, MODIFIED, f"sha256 is not the released file's; {reverse_detail}")
+        except PatchError:
+            pass
+    prefix = "" if released is None else "sha256 is not the released file's; "
+    return FileState(rel, MODIFIED, prefix + _hunk_report(text, hunks))
 
 
-def check_version(install: HostInstall, allow_unknown: bool = False) -> None:
-    if install.version is None:
-        if allow_unknown:
-            logger.warning("%s: llava-torch version unknown (no dist-info); checking the files only", install.package_dir)
-            return
-        raise PatchError(f"{install.package_dir}: cannot tell the llava-torch version (no llava_torch-*.dist-info beside it)")
-    if install.version != SUPPORTED_VERSION:
+def _hunk_report(text: str, hunks: list[Hunk]) -> str:
+    """Each hunk judged alone: already ``applied``, ``applies``, or ``conflict`` (and where)."""
+    lines = text.splitlines(keepends=True)
+    verdicts = []
+    for number, hunk in enumerate(hunks, 1):
+        if _find_block(lines, hunk.new_lines, hunk.old_start - 1) is not None:
+            verdict = "applied"
+        elif _find_block(lines, hunk.old_lines, hunk.old_start - 1) is not None:
+            verdict = "applies"
+        else:
+            changed = next((line for line in hunk.old_lines if line not in hunk.new_lines), hunk.old_lines[0] if hunk.old_lines else "")
+            verdict = f"conflict (expected near line {hunk.old_start}: {changed.strip()[:60]!r})"
+        verdicts.append(f"hunk {number}: {verdict}")
+    return "; ".join(verdicts)
+
+
+def check_version(install: HostInstall) -> None:
+    """Refuse an installed llava-torch wheel of another version (a checkout has no version to
+    check: its files are judged hunk by hunk)."""
+    if install.version is not None and install.version != SUPPORTED_VERSION:
         raise PatchError(
             f"llava-torch {install.version} is installed at {install.package_dir}; the patches in {PATCH_SERIES} "
             f"are for llava-torch {SUPPORTED_VERSION} only. Install that version "
@@ -294,18 +322,23 @@ def check_version(install: HostInstall, allow_unknown: bool = False) -> None:
 
 
 def patch_host(package_dir: str | Path | None = None, patch_dir: str | Path | None = None, *, reverse: bool = False,
-               dry_run: bool = False, allow_unknown_version: bool = False) -> HostStatus:
+               dry_run: bool = False) -> HostStatus:
     """Bring every patched file to the patched (or, ``reverse``, released) state; idempotent.
     Writes nothing if any file is in an unexpected state."""
     install = find_host(package_dir)
-    check_version(install, allow_unknown=allow_unknown_version)
+    check_version(install)
     status = host_status(install.package_dir, patch_dir)
     bad = [f for f in status.files if f.state == MODIFIED]
     if bad:
+        advice = (
+            f"Reinstall with `pip install --force-reinstall --no-deps {HOST_DISTRIBUTION}=={SUPPORTED_VERSION}`."
+            if install.version is not None else
+            "In a fork, port each hunk marked 'conflict' by hand (or try `git apply --3way` on the patch "
+            "files printed by `revision patch-host --print-dir`), then rerun; nothing was written."
+        )
         raise PatchError(
-            f"{install.package_dir}: cannot {'un' if reverse else ''}patch, unexpected file contents:\n"
-            + "\n".join(f"  {f.path}: {f.detail}" for f in bad)
-            + f"\nReinstall with `pip install --force-reinstall --no-deps {HOST_DISTRIBUTION}=={SUPPORTED_VERSION}`."
+            f"{install.describe()}: cannot {'un' if reverse else ''}patch, unexpected file contents:\n"
+            + "\n".join(f"  {f.path}: {f.detail}" for f in bad) + "\n" + advice
         )
     target = PRISTINE if reverse else PATCHED
     todo = [f for f in status.files if f.state != target]
@@ -338,16 +371,21 @@ def add_arguments(parser) -> None:
     parser.add_argument("--check", action="store_true", help="only report; exit 1 unless every patch is applied")
     parser.add_argument("--reverse", action="store_true", help="restore the released files")
     parser.add_argument("--dry-run", action="store_true", help="say what would be written, write nothing")
+    parser.add_argument("--print-dir", action="store_true",
+                        help="print the directory of the shipped patch files (for `git apply` in a fork) and exit")
 
 
 def run(args) -> int:
+    if args.print_dir:
+        print(Path(args.patch_dir).resolve() if args.patch_dir else default_patch_dir())
+        return 0
     if args.check:
         install = find_host(args.llava_dir)
         check_version(install)
         status = host_status(install.package_dir, args.patch_dir)
-        print(f"llava-torch {install.version} at {install.package_dir}:\n{status.summary()}")
+        print(f"{install.describe()}:\n{status.summary()}")
         return 0 if status.applied else 1
     status = patch_host(args.llava_dir, args.patch_dir, reverse=args.reverse, dry_run=args.dry_run)
-    state = "released" if args.reverse else "patched"
-    print(f"llava-torch {status.install.version} at {status.install.package_dir}: {state}\n{status.summary()}")
+    state = "original" if args.reverse else "patched"
+    print(f"{status.install.describe()}: {state}\n{status.summary()}")
     return 0
