@@ -61,11 +61,25 @@ tower_spec() {
     echo "$spec"
 }
 
+# LLaVA's own entry point: train_mem (flash-attention 2, CUDA) when flash_attn is installed,
+# else llava.train.train (transformers' default attention; CPU works). --train-module overrides.
+train_module() {
+    if [[ -n "${TRAIN_MODULE:-}" ]]; then echo "$TRAIN_MODULE"; return; fi
+    if "${PYTHON:-python}" -c 'import importlib.util, sys; sys.exit(importlib.util.find_spec("flash_attn") is None)' 2>/dev/null; then
+        echo llava.train.train_mem
+    else
+        echo llava.train.train
+    fi
+}
+
 launch() {
-    # $@: train.py arguments. LAUNCHER: "deepspeed" (default), "torchrun ...", or "python".
+    # $@: LLaVA train() arguments. LAUNCHER: "deepspeed" (default), "torchrun ...", or "python".
     local -a cmd
     read -r -a cmd <<< "${LAUNCHER}"
-    cmd+=("$SCRIPTS_DIR/train.py" "$@" "${EXTRA_ARGS[@]}")
+    local module_flag=-m
+    [[ "$(basename "${cmd[0]}")" == deepspeed ]] && module_flag=--module
+    cmd+=("$module_flag" "$(train_module)" "$@" "${EXTRA_ARGS[@]}")
+    if [[ -n "${SKIP_BAD_RECORDS:-}" ]]; then export REVISION_SKIP_BAD_RECORDS="$(abspath "$SKIP_BAD_RECORDS")"; fi
     if [[ "$DRY_RUN" == 1 ]]; then
         printf '%s\n' "${cmd[@]}"
         return 0

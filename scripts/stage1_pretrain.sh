@@ -33,6 +33,10 @@ Usage: stage1_pretrain.sh [options] [-- extra LLaVA train() flags]
   --max-length N (2048)  --workers N (4)  --save-steps N (24000)  --tf32 True|False (True)
   --deepspeed JSON       default scripts/zero2.json
   --launcher CMD         default "deepspeed"; e.g. "torchrun --nproc_per_node 8", "python"
+  --train-module MOD     LLaVA entry point; default llava.train.train_mem (flash-attention 2) when
+                         flash_attn is installed, else llava.train.train (default attention, CPU ok)
+  --skip-bad-records F   train on the records that pass the start-up scan and list the others in F
+                         (default: any bad record stops the run before step 1, all of them reported)
   --offline 0|1          never touch the hub for the encoder (default 0)
   --dry-run              print the command instead of running it
 USAGE
@@ -44,10 +48,11 @@ ENCODER=llm2clip; ENCODER_MODEL=microsoft/LLM2CLIP-Openai-L-14-336; TEXT_MODEL="
 NUM_TOKENS=1; PROJECTOR=mlp2x_gelu; OUTPUT_DIR=""
 EPOCHS=1; LR=5e-4; BATCH_SIZE=32; GRAD_ACCUM=1; MAX_LENGTH=2048; WORKERS=4; SAVE_STEPS=24000; TF32=True
 DEEPSPEED="$SCRIPTS_DIR/zero2.json"; LAUNCHER="${LAUNCHER:-deepspeed}"; OFFLINE=0
+TRAIN_MODULE=""; SKIP_BAD_RECORDS=""
 
 parse_flags "data operator text-store image-store image-folder mode llm encoder encoder-model text-model num-tokens
              projector output-dir epochs lr batch-size grad-accum max-length workers save-steps tf32 deepspeed
-             launcher offline" "$@"
+             launcher offline train-module skip-bad-records" "$@"
 
 case "$MODE" in
     pseudo) OUTPUT_DIR="${OUTPUT_DIR:-./checkpoints/revision-llama3-8b-stage1}" ;;

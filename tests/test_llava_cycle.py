@@ -149,8 +149,8 @@ def test_reloaded_and_moved_checkpoint_gives_the_same_logits(workdir, data, tmp_
     moved = tmp_path / "moved-llava-checkpoint"
     shutil.copytree(checkpoint, moved)
     config = json.loads((moved / "config.json").read_text())
-    config["revision_tower_saved_at"] = str(tmp_path / "does-not-exist")  # must resolve next to itself
-    (moved / "config.json").write_text(json.dumps(config))
+    assert "revision_tower_saved_at" not in config  # no absolute save path: it resolves next to itself
+    assert config["revision_conv_template"] == "v1"
     tokenizer2, model2, processor2, _ = _load(moved)
     with torch.no_grad():
         again = model2(input_ids=_prompt_ids(tokenizer2), images=_pixels(data, processor2, model2)[0]).logits
@@ -237,7 +237,7 @@ def test_mixed_pseudo_and_real_batches(workdir, data, tmp_path):
     assert len(out.losses) == 3 and all(loss > 0 for loss in out.losses)
 
 
-def _dataset(data, records, tmp_path, tokenizer=None, version="plain", **tower_overrides):
+def _dataset(data, records, tmp_path, tokenizer=None, version="plain", image_folder=None, **tower_overrides):
     import llava.train.train as llava_train
     from llava import conversation as conversation_lib
     from transformers import AutoTokenizer
@@ -256,7 +256,7 @@ def _dataset(data, records, tmp_path, tokenizer=None, version="plain", **tower_o
     for key, value in tower_overrides.items():
         setattr(config, key, value)
     data_args = llava_train.DataArguments(data_path=str(path), lazy_preprocess=True, is_multimodal=True,
-                                          image_folder=str(data.image_folder))
+                                          image_folder=str(image_folder or data.image_folder))
     data_args.image_processor = RevisionImageProcessor(None, config)
     data_args.mm_use_im_start_end = False
     return llava_train.make_supervised_data_module(tokenizer=tokenizer, data_args=data_args)["train_dataset"]
@@ -273,48 +273,83 @@ def test_tokenization_mismatch_is_an_error_not_a_silent_zero_loss(data, tmp_path
     assert (item["labels"] != -100).any()
     assert MISMATCH not in capsys.readouterr().out
     # A tokenizer whose `legacy` flag does not describe how it tokenises (the classic cause of
-    # LLaVA's mismatch) makes LLaVA's v1 masking count rounds wrong and mask everything.
+    # LLaVA's mismatch) makes LLaVA's v1 masking count rounds wrong and mask everything:
+    # found by the start-up scan, before any training step.
     wrong = AutoTokenizer.from_pretrained(str(data.llm), use_fast=False, model_max_length=256, padding_side="right")
     wrong.legacy = True
-    bad = _dataset(data, records, tmp_path, tokenizer=wrong, version="vicuna_v1")
-    with pytest.raises(BadInputError, match="every label is masked"):
-        bad[0]
+    with pytest.raises(BadInputError, match="record 0 \\(id 'two-rounds'\\): every label is masked"):
+        _dataset(data, records, tmp_path, tokenizer=wrong, version="vicuna_v1")
     assert MISMATCH in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("record, message", [
-    ({"id": "x", "image": "red_square.png", "text_id": "cap-red-square"}, "at most one visual input"),
-    ({"id": "x", "text_id": "no-such-caption"}, "no-such-caption"),
-    ({"id": "x", "text_id": "cap-red-square", "no_image_token": True}, "<image> tokens"),
-    ({"id": "x", "text": ""}, "non-empty string"),
-])
-def test_bad_records_are_named(data, tmp_path, record, message):
-    conversations = [{"from": "human", "value": "<image>\n"}, {"from": "gpt", "value": "a red square."}]
-    if record.pop("no_image_token", False):
-        conversations[0]["value"] = "describe"
-    record["conversations"] = conversations
-    good = {"id": "ok", "text_id": "cap-red-square", "conversations": conversations if "image>" in conversations[0]["value"] else
-            [{"from": "human", "value": "<image>\n"}, {"from": "gpt", "value": "a red square."}]}
-    with pytest.raises(Exception, match=message) as info:
-        _dataset(data, [good, record], tmp_path)
-    assert "record 1" in str(info.value) or "no-such-caption" in str(info.value)
+BAD_RECORDS = [
+    ({"id": "two-keys", "image": "red_square.png", "text_id": "cap-red-square"}, "at most one visual input"),
+    ({"id": "no-caption", "text_id": "no-such-caption"}, "'no-such-caption' is not in the text_store"),
+    ({"id": "no-token", "text_id": "cap-red-square", "first": "describe"}, "0 <image> tokens"),
+    ({"id": "two-tokens", "text_id": "cap-red-square", "first": "<image>\n<image>"}, "2 <image> tokens"),
+    ({"id": "token-no-input", "first": "<image>\n"}, "but no visual input"),
+    ({"id": "empty-text", "text": ""}, "non-empty string"),
+    ({"id": "no-file", "image": "missing.png"}, "missing.png not found"),
+    ({"id": "broken-file", "image": "broken.png"}, "cannot be read"),
+    ({"id": "no-conversations", "conversations": None}, "no 'conversations' list"),
+]
+
+
+def _records_with_bad_ones(data, tmp_path):
+    shutil.copytree(data.image_folder, tmp_path / "images")
+    (tmp_path / "images" / "broken.png").write_bytes(b"not a png")
+    good = {"id": "ok", "text_id": "cap-red-square", "conversations": [
+        {"from": "human", "value": "<image>\n"}, {"from": "gpt", "value": "a red square."}]}
+    records = [good]
+    for spec, _ in BAD_RECORDS:
+        spec = dict(spec)
+        first = spec.pop("first", "<image>\n")
+        spec.setdefault("conversations", [{"from": "human", "value": first}, {"from": "gpt", "value": "a red square."}])
+        records.append(spec)
+    return records + [dict(good, id="ok-2")]
+
+
+def test_every_bad_record_is_reported_before_training(data, tmp_path):
+    records = _records_with_bad_ones(data, tmp_path)
+    with pytest.raises(BadInputError) as info:
+        _dataset(data, records, tmp_path, image_folder=tmp_path / "images")
+    lines = str(info.value).splitlines()
+    assert f"{len(BAD_RECORDS)} of {len(records)} records" in lines[0] and "training was not started" in lines[0]
+    assert len(lines) == 1 + len(BAD_RECORDS)
+    for index, ((spec, reason), line) in enumerate(zip(BAD_RECORDS, lines[1:]), start=1):
+        assert line.startswith(f"{tmp_path / 'records.json'}: record {index} (id {spec['id']!r}): "), line
+        assert reason in line, (reason, line)
+
+
+def test_bad_records_can_be_left_out_explicitly(data, tmp_path, monkeypatch):
+    records = _records_with_bad_ones(data, tmp_path)
+    listing = tmp_path / "left-out" / "bad.jsonl"
+    monkeypatch.setenv("REVISION_SKIP_BAD_RECORDS", str(listing))
+    dataset = _dataset(data, records, tmp_path, image_folder=tmp_path / "images")
+    assert [r["id"] for r in dataset.list_data_dict] == ["ok", "ok-2"] and len(dataset) == 2
+    left_out = [json.loads(line) for line in listing.read_text().splitlines()]
+    assert [(r["index"], r["id"]) for r in left_out] == [(i, spec["id"]) for i, (spec, _) in enumerate(BAD_RECORDS, start=1)]
+    assert all(r["file"] == str(tmp_path / "records.json") and r["reason"] for r in left_out)
+    assert (dataset[1]["labels"] != -100).any()
 
 
 def test_register_is_idempotent_and_undoable():
     import llava.train.train as llava_train
-    from llava.model import llava_arch
+    from llava.model import LlavaLlamaForCausalLM
 
     from revision_plugin.hosts.llava import register
 
     undo = register()
     assert register() is undo
-    hooked = llava_arch.build_vision_tower
+    hooked = llava_train.make_supervised_data_module
+    assert "save_pretrained" in LlavaLlamaForCausalLM.__dict__
     undo()
-    assert llava_arch.build_vision_tower is hooked.__wrapped__
+    assert llava_train.make_supervised_data_module is hooked.__wrapped__
+    assert "save_pretrained" not in LlavaLlamaForCausalLM.__dict__  # inherited from transformers again
     assert not hasattr(llava_train.make_supervised_data_module, "__wrapped__")
     undo()  # a second undo is harmless
     assert register() is not undo
-    assert llava_arch.build_vision_tower is not hooked.__wrapped__
+    assert llava_train.make_supervised_data_module is not hooked.__wrapped__
 
 
 def test_llama_3_template_masks_exactly_the_answers(data, tmp_path, capsys):
@@ -385,7 +420,7 @@ def test_stage1_on_cached_text_never_loads_the_encoder(data, tmp_path, monkeypat
     """A text_id-only stage 1 needs no image encoder (LLM2CLIP's is 0.6B parameters)."""
     import pickle
 
-    import revision_plugin.encoders as encoders
+    from revision_plugin import encoders
 
     def refuse(*args, **kwargs):
         raise AssertionError("the encoder was loaded")

@@ -1,5 +1,5 @@
 """DeepSpeed on CPU through the shipped scripts (stage1_pretrain.sh, stage2_finetune.sh,
-train.py) and configs:
+launching LLaVA's own llava.train.train) and configs, saving as the scripts save:
 ZeRO-2 stage 1, and ZeRO-3 loading a stage-1 projector into a *partitioned* projector
 (LLaVA #1878: `torch.Size([0])`), which the host patch fixes with GatheredParameters.
 
@@ -48,10 +48,10 @@ def _run_script(script: str, flags: list[str], log: Path, timeout: int = 420) ->
     with tiny-model overrides after ``--`` (CPU: no bf16/tf32, no gradient checkpointing)."""
     launcher = f"{sys.executable} -m torch.distributed.run --nproc_per_node 1 --master_addr 127.0.0.1 --master_port {_free_port()}"
     cmd = ["bash", str(REPO / "scripts" / script), *flags, "--tf32", "False", "--workers", "0", "--offline", "1", "--",
-           "--bf16", "False", "--gradient_checkpointing", "False", "--model_max_length", "256", "--save_strategy", "no",
+           "--bf16", "False", "--gradient_checkpointing", "False", "--model_max_length", "256",
            "--disable_tqdm", "True", "--seed", "0"]
     env = {**os.environ, "LAUNCHER": launcher, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
-           "REVISION_ATTN_IMPLEMENTATION": "eager"}
+           "TRAIN_MODULE": "llava.train.train"}
     result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, check=False, timeout=timeout)
     output = result.stdout + result.stderr
     log.write_text(output)

@@ -24,14 +24,17 @@ def data(tmp_path_factory):
     return tiny_llava_data(pytest_shared_dir(tmp_path_factory))
 
 
-def _dry_run(script: str, *args: str) -> list[str]:
+def _dry_run(script: str, *args: str, launcher: str = "deepspeed") -> list[str]:
+    env = {**os.environ, "LAUNCHER": launcher, "TRAIN_MODULE": ""}
     result = subprocess.run(["bash", str(SCRIPTS / script), "--dry-run", *args], capture_output=True, text=True, check=False,
-                            cwd=REPO, env={**os.environ, "LAUNCHER": "deepspeed"})
+                            cwd=REPO, env=env)
     assert result.returncode == 0, result.stderr
     command = result.stdout.splitlines()
-    index = command.index(str(SCRIPTS / "train.py"))
-    assert command[:index] == ["deepspeed"]
-    return command[index + 1:]
+    flag = "--module" if launcher == "deepspeed" else "-m"
+    index = command.index(flag)
+    assert command[:index] == launcher.split()
+    assert command[index + 1] in ("llava.train.train", "llava.train.train_mem")  # LLaVA's own entry points
+    return command[index + 2:]
 
 
 def _parse(args: list[str]):
@@ -74,6 +77,8 @@ def test_stage2_and_baseline_scripts_parse(data, tmp_path):
     model, data_args, training = _parse(args)
     assert model.version == "llama_3" and model.pretrain_mm_mlp_adapter == str(projector)
     assert training.learning_rate == 1e-5 and Path(training.deepspeed).name == "zero3.json"
+    assert training.per_device_train_batch_size == 16 and training.gradient_accumulation_steps == 2  # official ReVision
+    assert training.num_train_epochs == 1
     assert data_args.image_aspect_ratio == "pad" and training.group_by_modality_length
     from llava.conversation import conv_templates
 
@@ -128,27 +133,20 @@ def test_deepspeed_configs_resolve_with_transformers(name, stage, tmp_path):
     assert hf_config.is_zero3() == (stage == 3)
 
 
-def test_launcher_runs_llava_train_with_the_plugin(data, tmp_path):
-    """scripts/train.py as a plain process (no DeepSpeed): one stage-1 step from the shell."""
-    import sys
-
-    from revision_plugin.testing.tiny_llava import stage1_args
-
-    out = tmp_path / "launcher"
-    args = stage1_args(data, out, epochs=1, extra=["--max_steps", "2", "--dataloader_num_workers", "2"])
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "REVISION_ATTN_IMPLEMENTATION": "eager"}
-    result = subprocess.run([sys.executable, str(SCRIPTS / "train.py"), *args], capture_output=True, text=True, check=False,
-                            cwd=REPO, env=env, timeout=300)
-    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
-    assert (out / "mm_projector.bin").is_file() and (out / "revision_tower" / "revision_tower.json").is_file()
+def test_scripts_launch_llavas_own_module_with_any_launcher(data):
+    """No wrapper: deepspeed --module / torchrun -m / python -m llava.train.train (train_mem with flash_attn)."""
+    args = ["--operator", str(data.operator), "--text-store", str(data.text_store), "--data", str(data.stage1_json)]
+    for launcher in ("deepspeed", "torchrun --nproc_per_node 8", "python"):
+        assert "--vision_tower" in _dry_run("stage1_pretrain.sh", *args, launcher=launcher)
+    result = subprocess.run(["bash", str(SCRIPTS / "stage1_pretrain.sh"), "--dry-run", *args, "--train-module",
+                             "llava.train.train_mem", "--launcher", "python"], capture_output=True, text=True, check=False, cwd=REPO)
+    assert result.stdout.splitlines()[:3] == ["python", "-m", "llava.train.train_mem"], result.stderr
 
 
-def test_module_runner_registers_before_running_llava_entry_points():
-    import sys
-
-    result = subprocess.run([sys.executable, "-m", "revision_plugin.hosts.llava", "llava.eval.run_llava", "--help"],
-                            capture_output=True, text=True, check=False, cwd=REPO, timeout=120)
-    assert result.returncode == 0 and "--model-path" in result.stdout, result.stderr[-2000:]
+def test_stage2_help_says_where_defaults_differ_from_the_official_script():
+    result = subprocess.run(["bash", str(SCRIPTS / "stage2_finetune.sh"), "--help"], capture_output=True, text=True, check=True)
+    assert "--grad-accum N (2)" in result.stdout and "official ReVision fine-tune" in result.stdout
+    assert "--num-tokens 1" in result.stdout and "576" in result.stdout
 
 
 def test_tower_overrides_from_the_environment(monkeypatch, data):

@@ -1,12 +1,13 @@
-"""LLaVA 1.2.2 adapter: ``register()`` makes ``--vision_tower revision:<spec>`` work in
-LLaVA's own ``train()``, ``load_pretrained_model`` and evaluation code, unchanged.
+"""LLaVA 1.2.2 adapter: ``--vision_tower revision:<spec>`` in LLaVA's own entry points
+(``llava/train/train_mem.py``, ``python -m llava.train.train``, ``deepspeed --module
+llava.train.train``, ``llava.eval.*``, ``llava.serve.cli``, ``scripts/merge_lora_weights.py``).
 
-This is the only module of the plugin that imports ``llava``. What ``register()`` rebinds
-(all reversible with the returned ``undo``; calling ``register()`` again is a no-op):
+This is the only module of the plugin that imports ``llava``. After ``revision patch-host``,
+LLaVA's tower builder hands ``revision:`` specs to :func:`build_vision_tower` here, and
+LLaVA's ``train()`` calls :func:`register` before it parses its flags, so nothing else has to
+change in a LLaVA user's scripts. ``register()`` rebinds (all reversible with the returned
+``undo``; calling it again is a no-op):
 
-* ``build_vision_tower`` (in ``llava.model.multimodal_encoder.builder`` and in
-  ``llava.model.llava_arch``, which imported it by name): ``revision:`` specs build a
-  :class:`LlavaRevisionTower`, anything else goes to LLaVA's CLIP builder.
 * ``llava.train.train.make_supervised_data_module``: when the model's tower is a revision
   tower, the dataset also accepts *pseudo* records that name a text instead of an image::
 
@@ -14,19 +15,21 @@ This is the only module of the plugin that imports ``llava``. What ``register()`
                                                            {"from": "gpt", "value": "A red square."}]}
       {"id": "cap-2", "text": "A red square.", "conversations": [...]}     (online encoding)
 
-  ``text_id`` is looked up in the tower's ``text_store`` (no per-caption files on disk);
-  ``text`` is encoded by the encoder's text side in the training loop. Records with an
-  ``image`` go through the image side (or the ``image_store`` when configured). Pseudo and
-  real records can be mixed in one file and one batch; LLaVA's ``<image>`` token handling,
-  tokenisation and label masking run unchanged (its own ``preprocess`` functions).
-  Samples whose labels end up fully masked (LLaVA's silent ``WARNING: tokenization
-  mismatch``, which trains on nothing) raise an error naming the record.
-* ``llava.train.train.LLaVATrainer`` and ``safe_save_model_for_hf_trainer``: every saved
-  checkpoint carries ``revision_tower/`` (tower config + a copy of the operator) and its
-  ``config.json`` points at it, so loading needs nothing from the training command line;
-  ``mm_projector.bin`` carries its metadata (encoder, dims, projector type, alignment
-  method), checked when stage 2 loads it with ``--pretrain_mm_mlp_adapter``.
-* ``LlavaMetaModel.initialize_vision_modules``: that check.
+  ``text_id`` is looked up in the tower's ``text_store``; ``text`` is encoded by the
+  encoder's text side in the training loop; ``image`` records go through LLaVA's own image
+  loading (or the ``image_store``). Every record is checked before step 1 (see
+  :func:`scan_records`): bad records are reported all at once and training does not start,
+  unless ``$REVISION_SKIP_BAD_RECORDS`` names a file for the list of records left out.
+* ``llava.train.train.preprocess``: the ``llama_3`` template (added to ``conv_templates``).
+* ``llava.train.train.LLaVATrainer`` and ``safe_save_model_for_hf_trainer``, and
+  ``save_pretrained`` of LLaVA's model classes: every saved checkpoint (stage 1, stage 2,
+  every ``checkpoint-N``, LoRA, merged LoRA) carries ``revision_tower/`` (tower config + a
+  copy of the operator), its ``config.json`` points at it and records the conversation
+  template (``revision_conv_template``); ``mm_projector.bin`` carries its metadata; LoRA
+  step checkpoints also hold ``non_lora_trainables.bin`` and ``config.json`` (resumable,
+  loadable with ``--model-base``).
+* ``LlavaMetaModel.initialize_vision_modules``: the projector metadata check, and the
+  conversation template (``--version``) recorded in the model config.
 """
 
 from __future__ import annotations
@@ -68,7 +71,13 @@ SUPPORTED_HOST_VERSION = "1.2.2.post1"
 PROJECTOR_FILE = "mm_projector.bin"
 PROJECTOR_METADATA_KEY = "revision.projector_metadata"
 PROJECTOR_FORMAT = "revision-projector"
+# Older checkpoints recorded their absolute save path here; read (as a last resort), never written.
 SAVED_AT_KEY = "revision_tower_saved_at"
+# config.json key of the conversation template (LLaVA's --version) a checkpoint was trained with.
+CONV_TEMPLATE_KEY = "revision_conv_template"
+NON_LORA_FILE = "non_lora_trainables.bin"
+# Set to a file path: records that fail the start-up scan are left out (and listed there).
+SKIP_BAD_RECORDS_ENV = "REVISION_SKIP_BAD_RECORDS"
 # Overrides where a checkpoint's relative ``revision:revision_tower`` is looked up.
 TOWER_DIR_ENV = "REVISION_TOWER_DIR"
 OVERRIDES_ENV = "REVISION_TOWER_OVERRIDES"
@@ -105,6 +114,12 @@ class RevisionImageProcessor:
             self._loader = None
         return self._inner
 
+    def resolve(self) -> RevisionImageProcessor:
+        """Load the processor now, in the main process, before DataLoader workers start (they
+        then only read image files; encoding happens in the tower, once per rank)."""
+        self.inner  # noqa: B018
+        return self
+
     def __getstate__(self) -> dict:
         return {"_inner": self.inner, "_loader": None, "tower_config": self.tower_config}
 
@@ -127,6 +142,12 @@ class RevisionImageProcessor:
 
     def __repr__(self) -> str:
         return f"RevisionImageProcessor({self._inner!r})"
+
+
+def _in_dataloader_worker() -> bool:
+    from torch.utils.data import get_worker_info
+
+    return get_worker_info() is not None
 
 
 class LlavaRevisionTower(PseudoVisionTower):
@@ -152,6 +173,22 @@ class LlavaRevisionTower(PseudoVisionTower):
         return RevisionImageProcessor(loaded, self.tower_config, loader=self._load_image_processor)
 
     def _load_image_processor(self):
+        """The encoder's image processor: from its config files alone when they exist (cheap,
+        no weights: what a DataLoader worker may do), else through the loaded encoder (main
+        process only: workers never load the encoder)."""
+        model = self.tower_config.encoder_model
+        if self._encoder is None and model:
+            from transformers import AutoImageProcessor
+
+            try:
+                return AutoImageProcessor.from_pretrained(str(model), local_files_only=self.tower_config.offline)
+            except (OSError, ValueError) as err:
+                if _in_dataloader_worker():
+                    raise RevisionError(
+                        f"revision tower: {model} has no image processor config ({type(err).__name__}), and a "
+                        "DataLoader worker must not load the encoder to get one; resolve the processor in the main "
+                        "process first (RevisionImageProcessor.resolve())"
+                    ) from err
         return PseudoVisionTower.image_processor.fget(self)
 
     @property
@@ -195,11 +232,25 @@ class LlavaRevisionTower(PseudoVisionTower):
         return out
 
 
+def build_vision_tower(vision_tower_cfg, checkpoint_dir: str | None = None, delay_load: bool = False,
+                       **kwargs) -> LlavaRevisionTower:
+    """LLaVA's ``build_vision_tower`` for ``revision:`` specs (the patched
+    ``llava/model/multimodal_encoder/builder.py`` calls it). ``vision_tower_cfg``: LLaVA's
+    model args (training) or model config (loading); ``checkpoint_dir``: the checkpoint
+    ``load_pretrained_model`` is loading, where a relative spec (``revision:revision_tower``,
+    what checkpoints record) is looked up first. Registers the plugin on first use."""
+    register()
+    spec = getattr(vision_tower_cfg, "mm_vision_tower", getattr(vision_tower_cfg, "vision_tower", None))
+    tower_config = apply_overrides(_resolve_spec(spec, vision_tower_cfg, checkpoint_dir))
+    adapter = getattr(vision_tower_cfg, "pretrain_mm_mlp_adapter", None)
+    if adapter:  # stage 2 from a stage-1 projector: check it before LLaVA loads it
+        check_projector_metadata(adapter, resolve_tower_config(tower_config), None, vision_tower_cfg)
+    return LlavaRevisionTower(tower_config, args=vision_tower_cfg, delay_load=delay_load)
+
+
 def build_tower_from_config(cfg, delay_load: bool = False) -> LlavaRevisionTower:
-    """LLaVA ``build_vision_tower`` for ``revision:`` specs (``cfg``: model args or model config)."""
-    spec = getattr(cfg, "mm_vision_tower", getattr(cfg, "vision_tower", None))
-    tower_config = apply_overrides(_resolve_spec(spec, cfg))
-    return LlavaRevisionTower(tower_config, args=cfg, delay_load=delay_load)
+    """:func:`build_vision_tower` without a checkpoint directory (kept for callers)."""
+    return build_vision_tower(cfg, delay_load=delay_load)
 
 
 def apply_overrides(config: TowerConfig, overrides: str | None = None) -> TowerConfig:
@@ -220,19 +271,22 @@ def apply_overrides(config: TowerConfig, overrides: str | None = None) -> TowerC
     return TowerConfig(**values)
 
 
-def _resolve_spec(spec: str, cfg) -> TowerConfig:
-    """Parse ``spec``; a relative path spec (what checkpoints record) is looked up next to the
-    checkpoint: ``$REVISION_TOWER_DIR``, the config's ``_name_or_path``, where it was saved."""
+def _resolve_spec(spec: str, cfg, checkpoint_dir: str | None = None) -> TowerConfig:
+    """Parse ``spec``; a relative path spec (what checkpoints record) is looked up in
+    ``$REVISION_TOWER_DIR``, the checkpoint being loaded, the config's ``_name_or_path``,
+    then the working directory."""
     body = spec[len(SPEC_PREFIX):]
     if "=" in body or os.path.isabs(os.path.expanduser(body)):
         return parse_tower_spec(spec)
     bases = []
     if os.environ.get(TOWER_DIR_ENV):
         bases.append(Path(os.environ[TOWER_DIR_ENV]))
+    if checkpoint_dir:
+        bases.append(Path(os.path.expanduser(str(checkpoint_dir))))
     name_or_path = getattr(cfg, "_name_or_path", None)
     if name_or_path:
         bases.append(Path(name_or_path))
-    saved_at = getattr(cfg, SAVED_AT_KEY, None)
+    saved_at = getattr(cfg, SAVED_AT_KEY, None)  # checkpoints of older versions
     if saved_at:
         bases.append(Path(saved_at))
     bases.append(Path.cwd())
@@ -287,9 +341,126 @@ def _record_name(data_path: str, index: int, record: dict) -> str:
     return f"{data_path}: record {index}" + (f" (id {rid!r})" if rid is not None else "")
 
 
+MAX_REPORTED_RECORDS = 50
+
+
+def _bad_records_message(data_path: str, total: int, problems: list[dict]) -> str:
+    shown = [f"{data_path}: record {p['index']}" + (f" (id {p['id']!r})" if p.get("id") is not None else "")
+             + f": {p['reason']}" for p in problems[:MAX_REPORTED_RECORDS]]
+    more = len(problems) - len(shown)
+    return (f"{data_path}: {len(problems)} of {total} records cannot be trained on; training was not started. "
+            f"Fix them, or set ${SKIP_BAD_RECORDS_ENV}=<file> to train on the rest and list those left out in <file>.\n"
+            + "\n".join(shown) + (f"\n... and {more} more" if more > 0 else ""))
+
+
+def scan_records(dataset) -> list[dict]:
+    """Check every record of a :class:`RevisionSupervisedDataset` before step 1; returns one
+    ``{"file", "index", "id", "reason"}`` per bad record (all of them, not the first).
+
+    Checked: the record's shape (a ``conversations`` list, at most one visual key, a non-empty
+    value), the ``<image>`` count (exactly one with a visual input, none without), ``text_id``s
+    missing from the ``text_store`` (and image ids from the ``image_store``), image files
+    that are missing or unreadable, and samples whose labels end up fully masked (LLaVA's
+    silent ``WARNING: tokenization mismatch``: the sample would train on nothing; skipped
+    with ``strict_labels=false``). Tokenisation is LLaVA's own, as in training."""
+    from llava.constants import DEFAULT_IMAGE_TOKEN, IGNORE_INDEX
+    from PIL import Image
+
+    config = dataset.tower_config
+    problems: list[dict] = []
+    pending_ids: dict[str, list[tuple[int, str]]] = {"text_store": [], "image_store": []}
+    tokenize: list[tuple[int, bool]] = []
+
+    def bad(index: int, record, reason: str) -> None:
+        rid = record.get("id") if isinstance(record, dict) else None
+        problems.append({"file": dataset.data_path, "index": index, "id": rid, "reason": reason})
+
+    for index, record in enumerate(dataset.list_data_dict):
+        if not isinstance(record, dict) or not isinstance(record.get("conversations"), list) or not record["conversations"]:
+            bad(index, record, "no 'conversations' list")
+            continue
+        try:
+            key = dataset._visual_key(index, record)
+        except BadInputError as err:
+            bad(index, record, str(err).split(": ", 2)[-1])
+            continue
+        n_tokens = sum(str(turn.get("value", "")).count(DEFAULT_IMAGE_TOKEN) for turn in record["conversations"]
+                       if isinstance(turn, dict))
+        if key is None:
+            if n_tokens:
+                bad(index, record, f"{n_tokens} {DEFAULT_IMAGE_TOKEN} token(s) but no visual input (image, text_id or text)")
+                continue
+            tokenize.append((index, False))
+            continue
+        value = record[key]
+        if not isinstance(value, str) or not value.strip():
+            bad(index, record, f"{key!r} must be a non-empty string")
+            continue
+        if n_tokens != 1:
+            bad(index, record, f"has a visual input ({key}) but {n_tokens} {DEFAULT_IMAGE_TOKEN} tokens in its "
+                               "conversations; exactly one is needed")
+            continue
+        if key == "text_id":
+            if not config.text_store:
+                bad(index, record, "names a text_id, but the revision tower has no text_store (add text_store=... to the spec)")
+                continue
+            if config.check_ids:
+                pending_ids["text_store"].append((index, value))
+        elif key == "image" and config.image_store:
+            if config.check_ids:
+                pending_ids["image_store"].append((index, value))
+        elif key == "image":
+            folder = getattr(dataset.data_args, "image_folder", None) or ""
+            path = os.path.join(folder, value)
+            try:
+                with Image.open(path) as image:
+                    image.size  # noqa: B018  (header only: cheap)
+            except FileNotFoundError:
+                bad(index, record, f"image {path} not found")
+                continue
+            except OSError as err:
+                bad(index, record, f"image {path} cannot be read ({type(err).__name__}: {err})")
+                continue
+        tokenize.append((index, True))
+
+    missing: set[int] = set()
+    for key, entries in pending_ids.items():
+        if not entries:
+            continue
+        store = dataset._store(key)
+        logger.info("revision: checking %d ids against %s", len(entries), getattr(config, key))
+        try:
+            store.rows_of([value for _, value in entries])
+        except RevisionError:
+            for index, value in entries:
+                if value not in store:
+                    bad(index, dataset.list_data_dict[index], f"{'text_id' if key == 'text_store' else 'image'} "
+                                                              f"{value!r} is not in the {key} {getattr(config, key)}")
+                    missing.add(index)
+
+    if config.strict_labels:
+        limit = dataset.tokenizer.model_max_length
+        for index, has_visual in tokenize:
+            if index in missing:
+                continue
+            record = dataset.list_data_dict[index]
+            try:
+                data = dataset._tokenize(record, has_visual)
+            except Exception as err:  # noqa: BLE001  (LLaVA's preprocess on a malformed conversation)
+                bad(index, record, f"cannot be tokenised ({type(err).__name__}: {err})")
+                continue
+            if not bool((data["labels"] != IGNORE_INDEX).any()) and len(data["input_ids"]) < limit:
+                bad(index, record, "every label is masked, so this sample would train on nothing (LLaVA's "
+                                   "'WARNING: tokenization mismatch': the --version conversation template does not "
+                                   "match this tokenizer, or the answer is empty); strict_labels=false in the tower "
+                                   "spec lets LLaVA skip such samples silently")
+    problems.sort(key=lambda p: p["index"])
+    return problems
+
+
 def _make_dataset_class():
     import llava.train.train as llava_train
-    from llava.constants import DEFAULT_IMAGE_TOKEN, IGNORE_INDEX
+    from llava.constants import IGNORE_INDEX
 
     class RevisionSupervisedDataset(llava_train.LazySupervisedDataset):
         """LLaVA's lazy dataset + pseudo records (``text_id`` / ``text``) and cached images."""
@@ -299,9 +470,10 @@ def _make_dataset_class():
             self.data_path = str(data_path)
             self.tower_config = tower_config
             self._stores: dict[str, Any] = {}
-            self._validate()
+            self.left_out: list[dict] = []
+            self._apply_scan(scan_records(self))
 
-        # -- validation --------------------------------------------------------------
+        # -- the start-up scan -------------------------------------------------------------
         def _visual_key(self, index: int, record: dict) -> str | None:
             keys = [k for k in ("image", "text_id", "text") if k in record]
             if len(keys) > 1:
@@ -309,35 +481,23 @@ def _make_dataset_class():
                                     "a record names at most one visual input (image, text_id or text)")
             return keys[0] if keys else None
 
-        def _validate(self) -> None:
-            text_ids, image_ids = [], []
-            for index, record in enumerate(self.list_data_dict):
-                if not isinstance(record, dict) or not isinstance(record.get("conversations"), list):
-                    raise BadInputError(f"{_record_name(self.data_path, index, record)}: no 'conversations' list")
-                key = self._visual_key(index, record)
-                if key is None:
-                    continue
-                value = record[key]
-                if not isinstance(value, str) or not value.strip():
-                    raise BadInputError(f"{_record_name(self.data_path, index, record)}: {key!r} must be a non-empty string")
-                n_tokens = sum(str(turn.get("value", "")).count(DEFAULT_IMAGE_TOKEN) for turn in record["conversations"])
-                if n_tokens != 1:
-                    raise BadInputError(
-                        f"{_record_name(self.data_path, index, record)}: has a visual input ({key}) but "
-                        f"{n_tokens} {DEFAULT_IMAGE_TOKEN} tokens in its conversations; exactly one is needed"
-                    )
-                if key == "text_id":
-                    text_ids.append(value)
-                elif key == "image" and self.tower_config.image_store:
-                    image_ids.append(value)
-            if text_ids and not self.tower_config.text_store:
-                raise BadInputError(f"{self.data_path}: {len(text_ids)} records name a text_id, but the revision "
-                                    "tower has no text_store (add text_store=... to the spec)")
-            if self.tower_config.check_ids:
-                for key, ids in (("text_store", text_ids), ("image_store", image_ids)):
-                    if ids:
-                        logger.info("revision: checking %d ids against %s", len(ids), getattr(self.tower_config, key))
-                        self._store(key).rows_of(ids)  # raises naming the missing ids
+        def _apply_scan(self, problems: list[dict]) -> None:
+            if not problems:
+                return
+            skip_to = os.environ.get(SKIP_BAD_RECORDS_ENV, "").strip()
+            if not skip_to:
+                raise BadInputError(_bad_records_message(self.data_path, len(self.list_data_dict), problems))
+            bad = {p["index"] for p in problems}
+            path = Path(skip_to)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(path, "w", encoding="utf-8") as handle:
+                handle.writelines(json.dumps(p, ensure_ascii=False, sort_keys=True) + "\n" for p in problems)
+            self.left_out = problems
+            self.list_data_dict = [r for i, r in enumerate(self.list_data_dict) if i not in bad]
+            logger.warning("revision: %s: %d of %d records left out ($%s); the list is in %s",
+                           self.data_path, len(bad), len(bad) + len(self.list_data_dict), SKIP_BAD_RECORDS_ENV, path)
+            if not self.list_data_dict:
+                raise BadInputError(f"{self.data_path}: every record is bad ({len(bad)}; listed in {path}); nothing to train on")
 
         def _store(self, key: str):
             if key not in self._stores:
@@ -439,6 +599,10 @@ def make_supervised_data_module(tokenizer, data_args, _original=None) -> dict:
     _ensure_pad_token(tokenizer)
     dataset_cls = _make_dataset_class()
     dataset = dataset_cls(data_args.data_path, tokenizer, data_args, tower_config)
+    if not tower_config.image_store and any("image" in r for r in dataset.list_data_dict):
+        # Pixels are made in the workers, encoded in the tower (main process, once per rank):
+        # load the processor here, before workers start, so that no worker loads the encoder.
+        processor.resolve()
     collator = RevisionDataCollator(llava_train.DataCollatorForSupervisedDataset(tokenizer=tokenizer))
     return {"train_dataset": dataset, "eval_dataset": None, "data_collator": collator}
 
@@ -594,9 +758,40 @@ def check_projector_metadata(path: str | Path, tower_config: TowerConfig, model_
                        str(fingerprint)[:12])
 
 
+def conv_template_of(model) -> str | None:
+    """The conversation template (LLaVA's ``--version``) ``model`` was trained with: what
+    :func:`initialize_vision_modules` recorded, else the name of LLaVA's current default."""
+    name = getattr(getattr(_unwrap(model), "config", None), CONV_TEMPLATE_KEY, None)
+    if name:
+        return str(name)
+    from llava import conversation as conversation_lib
+
+    current = conversation_lib.default_conversation
+    return next((key for key, conv in conversation_lib.conv_templates.items() if conv is current), None)
+
+
+def checkpoint_config_entries(model, tower: LlavaRevisionTower) -> dict:
+    """The ``config.json`` keys of a self-contained checkpoint: the tower spec relative to the
+    checkpoint, the resolved tower settings, the conversation template."""
+    op = tower.operator
+    entries = {
+        "mm_vision_tower": f"{SPEC_PREFIX}{TOWER_DIR_NAME}",
+        MODEL_CONFIG_KEY: {
+            **tower.inference_config().to_dict(),
+            "operator": None if op is None else f"{TOWER_DIR_NAME}/operator",
+            "alignment_method": None if op is None else op.info.method,
+        },
+    }
+    template = conv_template_of(model)
+    if template:
+        entries[CONV_TEMPLATE_KEY] = template
+    return entries
+
+
 def finalize_checkpoint(output_dir: str | Path, model) -> None:
-    """Make ``output_dir`` self-contained: tower artifacts, config.json pointing at them,
-    projector metadata. Call on the main process after the host saved the checkpoint."""
+    """Make ``output_dir`` self-contained: tower artifacts, ``config.json`` pointing at them
+    (and naming the conversation template), projector metadata. Call on the main process
+    after the host saved the checkpoint; idempotent."""
     tower = tower_of(model)
     if tower is None:
         return
@@ -606,14 +801,8 @@ def finalize_checkpoint(output_dir: str | Path, model) -> None:
     config_path = output_dir / "config.json"
     if config_path.is_file():
         config = json.loads(config_path.read_text())
-        config["mm_vision_tower"] = f"{SPEC_PREFIX}{TOWER_DIR_NAME}"
-        op = tower.operator
-        config[MODEL_CONFIG_KEY] = {
-            **tower.inference_config().to_dict(),
-            "operator": None if op is None else f"{TOWER_DIR_NAME}/operator",
-            "alignment_method": None if op is None else op.info.method,
-        }
-        config[SAVED_AT_KEY] = str(output_dir.resolve())
+        config.update(checkpoint_config_entries(model, tower))
+        config.pop(SAVED_AT_KEY, None)  # no absolute paths: the checkpoint is found where it is
         tmp = config_path.with_name(f".config.json.tmp-{os.getpid()}")
         tmp.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         os.replace(tmp, config_path)
@@ -628,8 +817,29 @@ def _unwrap(model):
     return model
 
 
+def _is_peft(model) -> bool:
+    try:
+        from peft import PeftModel
+    except ImportError:
+        return False
+    return isinstance(_unwrap(model), PeftModel)
+
+
 def _is_main_process(trainer) -> bool:
     return bool(getattr(trainer.args, "should_save", True)) and trainer.args.local_rank in (-1, 0)
+
+
+def _save_lora_extras(trainer, folder: str) -> None:
+    """What LLaVA writes next to a final LoRA adapter, for a ``checkpoint-N`` too: the
+    trained non-LoRA weights (projector) and ``config.json``, so the step checkpoint resumes
+    with its projector and loads with ``--model-base``. Every rank (ZeRO-3 gathers)."""
+    import llava.train.train as llava_train
+
+    weights = llava_train.get_peft_state_non_lora_maybe_zero_3(trainer.model.named_parameters())
+    if _is_main_process(trainer):
+        os.makedirs(folder, exist_ok=True)
+        _unwrap(trainer.model).config.save_pretrained(folder)
+        torch.save(weights, os.path.join(folder, NON_LORA_FILE))
 
 
 def _make_trainer_class():
@@ -638,27 +848,30 @@ def _make_trainer_class():
 
     class RevisionLLaVATrainer(LLaVATrainer):
         """LLaVA's trainer; checkpoints also carry the tower artifacts and projector metadata,
-        and projector-only (stage-1) checkpoints can be resumed."""
+        and projector-only (stage-1) and LoRA checkpoints can be resumed."""
 
         def _save_checkpoint(self, model, trial, *args, **kwargs):
             super()._save_checkpoint(model, trial, *args, **kwargs)
-            if getattr(self.args, "tune_mm_mlp_adapter", False):
+            adapter_only = getattr(self.args, "tune_mm_mlp_adapter", False)
+            if adapter_only:
                 # LLaVA writes only mm_projector.bin here: no optimizer, scheduler, RNG or
                 # trainer state, so a killed stage 1 restarted from zero. The base Trainer adds
                 # them (its model save is a no-op: LLaVA's _save skips adapter mode).
                 Trainer._save_checkpoint(self, model, trial)
-            if tower_of(self.model) is None or not _is_main_process(self):
-                return
             from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
             folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+            if not adapter_only and _is_peft(self.model):
+                _save_lora_extras(self, folder)
+            if tower_of(self.model) is None or not _is_main_process(self):
+                return
             if os.path.isdir(folder):
                 finalize_checkpoint(folder, self.model)
 
         def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+            target = _unwrap(model if model is not None else self.model)
             projector = os.path.join(resume_from_checkpoint, PROJECTOR_FILE)
             if getattr(self.args, "tune_mm_mlp_adapter", False) and os.path.isfile(projector):
-                target = _unwrap(model if model is not None else self.model)
                 weights = torch.load(projector, map_location="cpu", weights_only=True)
                 weights = {k: v for k, v in weights.items() if "mm_projector" in k}
                 missing = [k for k in target.state_dict() if "mm_projector" in k and k not in weights]
@@ -667,7 +880,30 @@ def _make_trainer_class():
                 target.load_state_dict(weights, strict=False)
                 logger.info("revision: resumed the projector from %s", projector)
                 return
-            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+            out = super()._load_from_checkpoint(resume_from_checkpoint, model)
+            extras = os.path.join(resume_from_checkpoint, NON_LORA_FILE)
+            if _is_peft(target) and os.path.isfile(extras):
+                weights = torch.load(extras, map_location="cpu", weights_only=True)
+                unexpected = [k for k in weights if k not in target.state_dict()]
+                if unexpected:
+                    raise ArtifactMismatchError(f"{extras}: weights this model does not have: {unexpected[:5]}")
+                target.load_state_dict(weights, strict=False)
+                logger.info("revision: resumed %d non-LoRA weights (projector) from %s", len(weights), extras)
+            return out
+
+        def save_state(self):
+            super().save_state()
+            tower = tower_of(self.model)
+            if tower is None or not _is_peft(self.model):
+                return
+            # LLaVA's train() saves a LoRA run itself right after this (config.json, adapter,
+            # non_lora_trainables.bin), bypassing every save hook: put the checkpoint's keys in
+            # the config it writes, and the tower artifacts next to it.
+            config = _unwrap(self.model).config
+            for key, value in checkpoint_config_entries(self.model, tower).items():
+                setattr(config, key, value)
+            if _is_main_process(self):
+                save_tower_artifacts(tower, self.args.output_dir)
 
     return RevisionLLaVATrainer
 
@@ -678,12 +914,25 @@ def safe_save_model_for_hf_trainer(trainer, output_dir: str, _original=None) -> 
         finalize_checkpoint(output_dir, trainer.model)
 
 
+def save_pretrained(self, save_directory, *args, _original=None, **kwargs):
+    """LLaVA model ``save_pretrained`` (Trainer saves, ``merge_lora_weights.py``): + the tower artifacts."""
+    out = _original(self, save_directory, *args, **kwargs)
+    if kwargs.get("is_main_process", True) and tower_of(self) is not None:
+        finalize_checkpoint(save_directory, self)
+    return out
+
+
 def initialize_vision_modules(self, model_args, fsdp=None, _original=None):
     spec = getattr(model_args, "vision_tower", None)
-    adapter = getattr(model_args, "pretrain_mm_mlp_adapter", None)
-    if is_revision_spec(spec) and adapter:
-        tower_config = resolve_tower_config(_resolve_spec(spec, model_args))
-        check_projector_metadata(adapter, tower_config, self.config, model_args)
+    if is_revision_spec(spec):
+        adapter = getattr(model_args, "pretrain_mm_mlp_adapter", None)
+        if adapter and self.get_vision_tower() is not None:
+            # The tower came with the model (a LLaVA checkpoint), so build_vision_tower did not
+            # see the adapter: check it here.
+            tower_config = resolve_tower_config(_resolve_spec(spec, model_args))
+            check_projector_metadata(adapter, tower_config, self.config, model_args)
+        if getattr(model_args, "version", None):
+            setattr(self.config, CONV_TEMPLATE_KEY, model_args.version)
     return _original(self, model_args, fsdp=fsdp)
 
 
@@ -701,31 +950,38 @@ def _check_host() -> None:
         raise RevisionError(f"revision_plugin.hosts.llava supports llava-torch {SUPPORTED_HOST_VERSION}, found {version}")
 
 
+def _host_not_patched(err: Exception | None = None) -> RevisionError:
+    detail = f"cannot import llava ({err}); " if err is not None else ""
+    return RevisionError(f"{detail}LLaVA is not patched for this plugin and transformers version: run `revision patch-host`")
+
+
+def _model_classes() -> list[type]:
+    import llava.model as llava_model
+
+    names = ("LlavaLlamaForCausalLM", "LlavaMistralForCausalLM", "LlavaMptForCausalLM")
+    return [getattr(llava_model, name) for name in names if hasattr(llava_model, name)]
+
+
+_MISSING = object()
+
+
 def register() -> Callable[[], None]:
-    """Hook the plugin into LLaVA; idempotent. Returns ``undo`` (restores LLaVA's functions)."""
+    """Hook the plugin into LLaVA; idempotent. Returns ``undo`` (restores LLaVA's functions).
+
+    The patched LLaVA calls it itself (its tower builder on the first ``revision:`` spec, and
+    ``llava.train.train.train()`` before parsing its flags); calling it directly is harmless."""
     if _STATE["undo"] is not None:
         return _STATE["undo"]
     _check_host()
     try:
         import llava.model.multimodal_encoder.builder as encoder_builder
         import llava.train.train as llava_train
+        from llava import conversation as conversation_lib
         from llava.model import llava_arch
     except ImportError as err:
-        from revision_plugin.hosts.patch import host_status
-
-        status = host_status()
-        hint = "" if status.applied else " LLaVA is not patched for this transformers version: run `revision patch-host`."
-        raise RevisionError(f"cannot import llava ({err}).{hint}") from err
-
-    original_build = encoder_builder.build_vision_tower
-
-    def build_vision_tower(vision_tower_cfg, **kwargs):
-        spec = getattr(vision_tower_cfg, "mm_vision_tower", getattr(vision_tower_cfg, "vision_tower", None))
-        if is_revision_spec(spec):
-            return build_tower_from_config(vision_tower_cfg, delay_load=kwargs.get("delay_load", False))
-        return original_build(vision_tower_cfg, **kwargs)
-
-    build_vision_tower.__wrapped__ = original_build
+        raise _host_not_patched(err) from err
+    if not hasattr(encoder_builder, "checkpoint_being_loaded"):
+        raise _host_not_patched()
 
     def bind(fn, original):
         def wrapper(*args, **kwargs):
@@ -736,8 +992,6 @@ def register() -> Callable[[], None]:
         wrapper.__doc__ = fn.__doc__
         return wrapper
 
-    from llava import conversation as conversation_lib
-
     meta_model = llava_arch.LlavaMetaModel
     templates = conversation_lib.conv_templates
     added_template = LLAMA3_VERSION not in templates
@@ -745,14 +999,14 @@ def register() -> Callable[[], None]:
         templates[LLAMA3_VERSION] = llama3_conversation()
     rebinds = [
         (llava_train, "preprocess", bind(preprocess, llava_train.preprocess)),
-        (encoder_builder, "build_vision_tower", build_vision_tower),
-        (llava_arch, "build_vision_tower", build_vision_tower),
         (llava_train, "make_supervised_data_module", bind(make_supervised_data_module, llava_train.make_supervised_data_module)),
         (llava_train, "safe_save_model_for_hf_trainer", bind(safe_save_model_for_hf_trainer, llava_train.safe_save_model_for_hf_trainer)),
         (llava_train, "LLaVATrainer", _make_trainer_class()),
         (meta_model, "initialize_vision_modules", bind(initialize_vision_modules, meta_model.initialize_vision_modules)),
     ]
-    saved = [(owner, name, owner.__dict__[name] if isinstance(owner, type) else getattr(owner, name)) for owner, name, _ in rebinds]
+    rebinds += [(cls, "save_pretrained", bind(save_pretrained, cls.save_pretrained)) for cls in _model_classes()]
+    saved = [(owner, name, owner.__dict__.get(name, _MISSING) if isinstance(owner, type) else getattr(owner, name))
+             for owner, name, _ in rebinds]
     for owner, name, new in rebinds:
         setattr(owner, name, new)
 
@@ -760,7 +1014,10 @@ def register() -> Callable[[], None]:
         if _STATE["undo"] is not undo:
             return
         for owner, name, old in saved:
-            setattr(owner, name, old)
+            if old is _MISSING:
+                delattr(owner, name)
+            else:
+                setattr(owner, name, old)
         if added_template:
             templates.pop(LLAMA3_VERSION, None)
         _STATE["undo"] = None
@@ -771,8 +1028,8 @@ def register() -> Callable[[], None]:
 
 
 def load_pretrained_model(model_path, model_base=None, model_name=None, **kwargs):
-    """``register()`` + LLaVA's ``load_pretrained_model`` (``model_name`` defaults to the path's
-    name; LLaVA only builds the vision tower when that name contains 'llava')."""
+    """LLaVA's ``load_pretrained_model`` (``model_name`` defaults to the path's name; LLaVA
+    only builds the vision tower when that name contains 'llava')."""
     register()
     from llava.model.builder import load_pretrained_model as llava_load
 
@@ -782,71 +1039,36 @@ def load_pretrained_model(model_path, model_base=None, model_name=None, **kwargs
     return llava_load(model_path, model_base, model_name, **kwargs)
 
 
+def train_llava(argv: list[str], attn_implementation: str | None = None) -> None:
+    """LLaVA's own ``llava.train.train.train()`` in this process, with ``argv`` as its flags:
+    the Python way to run stage 1 or stage 2 (the command-line way is
+    ``python -m llava.train.train FLAGS``, or ``deepspeed --module llava.train.train FLAGS``).
+    ``attn_implementation``: what LLaVA's ``train_mem.py`` passes (``flash_attention_2``);
+    ``None`` is transformers' default (sdpa), which works on CPU."""
+    import sys
+
+    register()
+    import llava.train.train as llava_train
+
+    saved = sys.argv
+    sys.argv = ["llava.train.train", *argv]
+    try:
+        llava_train.train(attn_implementation=attn_implementation)
+    finally:
+        sys.argv = saved
+
+
 __all__ = [
     "LlavaRevisionTower",
     "RevisionImageProcessor",
     "add_projector_metadata",
+    "build_vision_tower",
     "finalize_checkpoint",
     "is_revision_spec",
     "load_pretrained_model",
     "read_projector_metadata",
     "register",
+    "scan_records",
     "tower_of",
+    "train_llava",
 ]
-
-
-# ============================================================================ launcher
-
-
-def default_attn_implementation() -> str:
-    """flash-attention 2 where LLaVA's train_mem.py would use it (CUDA + flash_attn), else sdpa."""
-    import importlib.util
-
-    if torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None:
-        return "flash_attention_2"
-    return "sdpa"
-
-
-def train_main(argv: list[str] | None = None) -> None:
-    """``scripts/train.py``: LLaVA's ``train()`` with the plugin registered (cf. LLaVA's
-    ``train_mem.py``). Takes LLaVA's own flags plus ``--attn_implementation`` (default:
-    flash_attention_2 with CUDA and flash_attn installed, else sdpa;
-    ``$REVISION_ATTN_IMPLEMENTATION`` overrides)."""
-    import argparse
-    import sys
-
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--attn_implementation", default=os.environ.get("REVISION_ATTN_IMPLEMENTATION"))
-    known, rest = pre.parse_known_args(sys.argv[1:] if argv is None else argv)
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    register()
-    import llava.train.train as llava_train
-
-    sys.argv = [sys.argv[0], *rest]
-    llava_train.train(attn_implementation=known.attn_implementation or default_attn_implementation())
-
-
-def run_module(argv: list[str] | None = None) -> None:
-    """``python -m revision_plugin.hosts.llava MODULE [ARGS...]``: ``register()``, then run a
-    LLaVA entry point as ``__main__`` (e.g. ``llava.eval.model_vqa``, ``llava.serve.cli``,
-    ``llava.train.train``), so its own code loads ``revision:`` towers."""
-    import runpy
-    import sys
-
-    argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0] in ("-h", "--help"):
-        print(run_module.__doc__)
-        raise SystemExit(0 if argv else 2)
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    register()
-    sys.argv = [argv[0], *argv[1:]]
-    runpy.run_module(argv[0], run_name="__main__", alter_sys=True)
-
-
-if __name__ == "__main__":
-    # Run through the imported module, not this __main__ copy, so there is one set of classes.
-    import importlib
-
-    importlib.import_module("revision_plugin.hosts.llava").run_module()

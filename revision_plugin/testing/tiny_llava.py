@@ -351,7 +351,8 @@ def build_tiny_llava_data(root: str | Path, *, repeats: int = 4, method: str = "
 
 
 def stage1_args(data: TinyLlavaData, output_dir: str | Path, *, spec: str | None = None, data_path: str | Path | None = None,
-                epochs: float = 1, batch_size: int = 8, learning_rate: float = 5e-3, extra: list[str] | None = None) -> list[str]:
+                epochs: float = 1, batch_size: int = 8, learning_rate: float = 5e-3, save_steps: int = 50000,
+                extra: list[str] | None = None) -> list[str]:
     """LLaVA ``train()`` arguments of a tiny stage 1 (projector only, LLM frozen, ``plain``)."""
     return [
         "--model_name_or_path", str(data.llm), "--version", "plain",
@@ -361,7 +362,9 @@ def stage1_args(data: TinyLlavaData, output_dir: str | Path, *, spec: str | None
         "--output_dir", str(output_dir), "--num_train_epochs", str(epochs),
         "--per_device_train_batch_size", str(batch_size), "--gradient_accumulation_steps", "1",
         "--learning_rate", str(learning_rate), "--weight_decay", "0.", "--warmup_ratio", "0.03",
-        "--lr_scheduler_type", "cosine", "--logging_steps", "1", "--save_strategy", "no",
+        "--lr_scheduler_type", "cosine", "--logging_steps", "1",
+        # LLaVA's scripts' saving: step checkpoints (every save_steps, and always at the end) + the final save.
+        "--save_strategy", "steps", "--save_steps", str(save_steps), "--save_total_limit", "1",
         "--model_max_length", "256", "--dataloader_num_workers", "0", "--lazy_preprocess", "True",
         "--report_to", "none", "--seed", "0", "--disable_tqdm", "True",
         *(extra or []),
@@ -369,7 +372,8 @@ def stage1_args(data: TinyLlavaData, output_dir: str | Path, *, spec: str | None
 
 
 def stage2_args(data: TinyLlavaData, output_dir: str | Path, projector: str | Path, *, spec: str | None = None,
-                epochs: float = 1, batch_size: int = 4, learning_rate: float = 1e-3, extra: list[str] | None = None) -> list[str]:
+                epochs: float = 1, batch_size: int = 4, learning_rate: float = 1e-3, save_steps: int = 50000,
+                extra: list[str] | None = None) -> list[str]:
     """LLaVA ``train()`` arguments of a tiny stage 2 (full fine-tune, ``v1``, stage-1 projector)."""
     return [
         "--model_name_or_path", str(data.llm), "--version", "v1",
@@ -380,7 +384,9 @@ def stage2_args(data: TinyLlavaData, output_dir: str | Path, projector: str | Pa
         "--output_dir", str(output_dir), "--num_train_epochs", str(epochs),
         "--per_device_train_batch_size", str(batch_size), "--gradient_accumulation_steps", "1",
         "--learning_rate", str(learning_rate), "--weight_decay", "0.", "--warmup_ratio", "0.03",
-        "--lr_scheduler_type", "cosine", "--logging_steps", "1", "--save_strategy", "no",
+        "--lr_scheduler_type", "cosine", "--logging_steps", "1",
+        # LLaVA's scripts' saving: step checkpoints (every save_steps, and always at the end) + the final save.
+        "--save_strategy", "steps", "--save_steps", str(save_steps), "--save_total_limit", "1",
         "--model_max_length", "256", "--dataloader_num_workers", "0", "--lazy_preprocess", "True",
         "--report_to", "none", "--seed", "0", "--disable_tqdm", "True",
         *(extra or []),
@@ -405,26 +411,18 @@ class TrainOutput:
 
 
 def run_llava_train(args: list[str], *, attn_implementation: str | None = "eager", threads: int | None = 1) -> TrainOutput:
-    """Run LLaVA's own ``llava.train.train.train()`` in this process with ``args`` as argv.
+    """Run LLaVA's own ``llava.train.train.train()`` in this process with ``args`` as argv
+    (:func:`revision_plugin.hosts.llava.train_llava`; the patched ``train()`` registers the plugin).
 
-    ``register()`` is applied first. LLaVA prints (it does not log) its data warnings, e.g.
-    ``WARNING: tokenization mismatch``; stdout is captured (and echoed) so callers can assert on it.
+    LLaVA prints (it does not log) its data warnings, e.g. ``WARNING: tokenization mismatch``;
+    stdout is captured (and echoed) so callers can assert on it.
     """
-    from revision_plugin.hosts.llava import register
-
-    register()
-    import llava.train.train as llava_train
+    from revision_plugin.hosts.llava import train_llava
 
     output_dir = Path(args[args.index("--output_dir") + 1])
     buffer = io.StringIO()
-    saved_argv = sys.argv
-    with _LOCK, torch_threads(threads):
-        sys.argv = ["llava-train", *args]
-        try:
-            with contextlib.redirect_stdout(_Tee(buffer, sys.stdout)):
-                llava_train.train(attn_implementation=attn_implementation)
-        finally:
-            sys.argv = saved_argv
+    with _LOCK, torch_threads(threads), contextlib.redirect_stdout(_Tee(buffer, sys.stdout)):
+        train_llava(args, attn_implementation=attn_implementation)
     return TrainOutput(output_dir, buffer.getvalue())
 
 
@@ -480,6 +478,9 @@ def _file_lock(path: Path):
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
+file_lock = _file_lock  # for callers caching their own runs next to the tiny checkpoint
+
+
 def tiny_llava_data(workdir: str | Path) -> TinyLlavaData:
     """The data/encoder/operator behind :func:`build_tiny_llava_checkpoint` (built once per workdir)."""
     root = Path(workdir) / "data"
@@ -512,6 +513,7 @@ __all__ = [
     "build_tiny_llava_data",
     "build_tiny_tokenizer",
     "draw_shape",
+    "file_lock",
     "pytest_shared_dir",
     "run_llava_train",
     "stage1_args",
