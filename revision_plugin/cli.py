@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import logging
 import sys
+import traceback
 
 from revision_plugin import __version__
 from revision_plugin.errors import RevisionError
@@ -25,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("revision_plugin.demo", "the embedded default job: synthetic data, every operator, gap table + report"),
     "patch-host": ("revision_plugin.hosts.patch", "apply the LLaVA 1.2.2 compatibility patches to the installed llava (idempotent)"),
     "llava-data": ("revision_plugin.hosts.llava_data", "LLaVA caption json -> stage-1 text_id records + captions to embed"),
+    "store": ("revision_plugin.store.commands", "feature-store maintenance: `store verify DIR` checks every shard, row and id"),
 }
 
 
@@ -54,9 +57,41 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         return int(importlib.import_module(COMMANDS[args.command][0]).run(args) or 0)
-    except (RevisionError, FileNotFoundError) as err:
-        print(f"revision {args.command}: error: {err}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print(f"revision {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except USER_ERRORS as err:
+        if args.verbose:
+            traceback.print_exc()
+        print(f"revision {args.command}: error: {describe_error(err)}", file=sys.stderr)
         return 2
+
+
+# What bad input (a file, a value, a permission, a malformed artifact) raises: one line, exit 2;
+# ``--verbose`` prints the traceback above it. Anything else is a bug and keeps its traceback.
+USER_ERRORS: tuple[type[BaseException], ...] = (RevisionError, OSError, ValueError, TypeError, KeyError, RuntimeError)
+
+
+def describe_error(err: BaseException) -> str:
+    """One line for ``err``: our own errors as written, others prefixed with what they are."""
+    if isinstance(err, RevisionError):
+        text = str(err)
+    elif isinstance(err, OSError) and err.filename is not None:
+        target = f"{err.filename} -> {err.filename2}" if err.filename2 else str(err.filename)
+        text = f"{target}: {err.strerror or type(err).__name__}"
+        if isinstance(err, PermissionError):
+            text += " (check the path's permissions or choose another output)"
+    elif isinstance(err, FileNotFoundError):
+        text = str(err)  # ours name the file and what is missing
+    elif isinstance(err, json.JSONDecodeError):
+        text = f"invalid JSON ({err.msg} at line {err.lineno} column {err.colno})"
+    elif isinstance(err, KeyError):
+        text = f"missing key {err.args[0]!r}" if err.args else "missing key"
+        text += " (rerun with --verbose for where)"
+    else:
+        text = f"{type(err).__name__}: {err} (rerun with --verbose for where)"
+    lines = [line.strip() for line in text.splitlines() if line.strip()] or [type(err).__name__]
+    return "; ".join(lines)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ import sys
 from datetime import timedelta
 from pathlib import Path
 
+from revision_plugin.argtypes import positive_int
 from revision_plugin.errors import RevisionError
 
 logger = logging.getLogger(__name__)
@@ -36,13 +37,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--images", type=Path, help="images: .jsonl / .parquet (id, image path) or dataset.json")
     parser.add_argument("--dataset", type=Path, help="official ReVision dataset.json: both its texts and images")
     parser.add_argument("--image-root", type=Path, help="directory image paths are relative to (default: the input file's)")
+    parser.add_argument("--allow-outside-root", action="store_true",
+                        help="open image paths that are absolute or lead outside --image-root ('..', symlinks)")
     parser.add_argument("--out", required=True, type=Path, help="output directory; stores go to OUT/text and OUT/image")
     parser.add_argument("--id-key", default="id", help="id field/column (default: id)")
     parser.add_argument("--text-key", default="text", help="text field/column (default: text)")
     parser.add_argument("--image-key", default="image", help="image path field/column (default: image)")
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--shard-rows", type=int, default=65536, help="rows per store shard (commit granularity)")
-    parser.add_argument("--max-length", type=int, default=512, help="llm2clip: max text tokens (LLM2Vec default 512)")
+    parser.add_argument("--batch-size", type=positive_int, default=64)
+    parser.add_argument("--shard-rows", type=positive_int, default=65536, help="rows per store shard (commit granularity)")
+    parser.add_argument("--max-length", type=positive_int, default=512, help="llm2clip: max text tokens (LLM2Vec default 512)")
     parser.add_argument(
         "--chat-template", default="auto", choices=["auto", "llama3", "none"],
         help="llm2clip: Llama-3 chat wrapping of texts as LLM2Vec applies it (auto: when the tokenizer has its tokens)",
@@ -50,9 +53,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto (cuda:LOCAL_RANK if available, else cpu), cpu, cuda:0 ...")
     parser.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp16", "fp32"], help="auto: bf16 on GPU, fp32 on CPU")
     parser.add_argument("--offline", action="store_true", help="never use the network: local dirs / hub cache only")
+    parser.add_argument("--trust-remote-code", action="store_true",
+                        help="llm2clip: allow running the model directory's own Python code (its modeling files)")
     parser.add_argument("--strict", action="store_true", help="stop at the first unusable input instead of rejecting it")
     parser.add_argument("--no-sort", action="store_true", help="keep input order instead of sorting texts by length")
-    parser.add_argument("--workers", type=int, default=4, help="image decoding threads per process")
+    parser.add_argument("--workers", type=positive_int, default=4, help="image decoding threads per process")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -63,6 +68,9 @@ def run(args: argparse.Namespace) -> int:
     from revision_plugin.store import open_store
 
     inputs = _inputs(args)
+    from revision_plugin.errors import check_writable
+
+    check_writable(args.out, directory=True)
     if args.batch_size <= 0 or args.shard_rows <= 0:
         raise RevisionError("--batch-size and --shard-rows must be positive")
     # Read and check every input before loading a multi-GB model.
@@ -70,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
         modality: read_corpus(
             path, modality, id_key=args.id_key,
             value_key=args.text_key if modality == "text" else args.image_key,
-            image_root=args.image_root,
+            image_root=args.image_root, allow_outside_root=args.allow_outside_root,
         )
         for modality, path in inputs.items()
     }
@@ -80,7 +88,8 @@ def run(args: argparse.Namespace) -> int:
     if args.encoder == "llm2clip":
         if "text" in corpora and not args.text_model:
             raise RevisionError("--encoder llm2clip needs --text-model to embed texts")
-        options = {"text_model": args.text_model, "max_length": args.max_length, "chat_template": args.chat_template}
+        options = {"text_model": args.text_model, "max_length": args.max_length, "chat_template": args.chat_template,
+                   "trust_remote_code": args.trust_remote_code}
     elif args.text_model:
         raise RevisionError("--text-model is only used with --encoder llm2clip")
     encoder = load_encoder(

@@ -15,3 +15,26 @@ class BadInputError(RevisionError):
 
 class ArtifactMismatchError(RevisionError):
     """An artifact (operator, store, checkpoint) fitted for another encoder or dimension."""
+
+
+def check_writable(path, directory: bool = False) -> None:
+    """Refuse, before any work starts, an output that cannot be written: its nearest existing
+    ancestor must be a writable directory (and the path itself, if it exists, of the right kind)."""
+    import os
+    from pathlib import Path
+
+    path = Path(path)
+    if path.exists():
+        if directory and not path.is_dir():
+            raise RevisionError(f"{path}: exists and is not a directory; choose another output")
+        if not directory and path.is_dir():
+            raise RevisionError(f"{path}: is a directory; give a file path")
+        target = path if directory else path.parent
+    else:
+        target = path.parent
+        while not target.exists() and target != target.parent:
+            target = target.parent
+        if not target.is_dir():
+            raise RevisionError(f"{path}: cannot be created ({target} is not a directory)")
+    if not os.access(target, os.W_OK | os.X_OK):
+        raise RevisionError(f"{path}: cannot write in {target} (permission denied); choose another output")

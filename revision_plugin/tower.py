@@ -118,6 +118,11 @@ class TowerConfig:
             self.dim = int(self.dim)
         if self.operator in ("", "none", "None"):
             self.operator = None
+        if "trust_remote_code" in self.encoder_options:
+            raise BadInputError(
+                "revision tower: encoder_options.trust_remote_code cannot come from a tower config or "
+                "checkpoint; consent is the user's: trust_remote_code=true in the revision: spec"
+            )
         if self.format_version > TOWER_FORMAT_VERSION:
             raise ArtifactMismatchError(
                 f"revision tower config format {self.format_version} is newer than this package ({TOWER_FORMAT_VERSION})"
@@ -210,6 +215,7 @@ def parse_tower_spec(spec: str, base_dir: str | Path | None = None) -> TowerConf
         return TowerConfig.from_dict(raw, base_dir=path.parent, source=str(path))
     raw: dict[str, Any] = {}
     options: dict[str, Any] = {}
+    trust_remote_code = False
     for item in text.split(","):
         if not item.strip():
             continue
@@ -217,6 +223,9 @@ def parse_tower_spec(spec: str, base_dir: str | Path | None = None) -> TowerConf
         key = _SPEC_ALIASES.get(key.strip(), key.strip())
         if not sep:
             raise BadInputError(f"revision tower spec {spec!r}: {item!r} is not key=value (paths with ',' need the JSON form)")
+        if key == "trust_remote_code":  # the user's consent, never saved into an artifact
+            trust_remote_code = _parse_bool(value, f"revision tower spec {spec!r}: trust_remote_code")
+            continue
         target, name = (options, key[len("encoder_options."):]) if key.startswith("encoder_options.") else (raw, key)
         if not name or name in target:
             raise BadInputError(f"revision tower spec {spec!r}: {key!r} given twice or empty")
@@ -225,7 +234,12 @@ def parse_tower_spec(spec: str, base_dir: str | Path | None = None) -> TowerConf
         if "encoder_options" in raw:
             raise BadInputError(f"revision tower spec {spec!r}: give encoder_options as JSON or as encoder_options.NAME=..., not both")
         raw["encoder_options"] = options
-    return TowerConfig.from_dict(raw, base_dir=base, source=f"revision tower spec {spec!r}")
+    config = TowerConfig.from_dict(raw, base_dir=base, source=f"revision tower spec {spec!r}")
+    if trust_remote_code and config.encoder_model:
+        from revision_plugin.encoders.remote_code import consent_to_remote_code
+
+        consent_to_remote_code(config.encoder_model)
+    return config
 
 
 def _spec_value(value: str) -> Any:

@@ -32,7 +32,7 @@ def tiny(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def encoder(tiny):
-    return load_encoder("llm2clip", tiny.model, text_model=tiny.text_model, offline=True)
+    return load_encoder("llm2clip", tiny.model, text_model=tiny.text_model, offline=True, trust_remote_code=True)
 
 
 def llm2vec_reference(text_model: LLM2VecTextModel, texts, llama3_template=True):
@@ -145,7 +145,7 @@ def test_image_only_use_and_processor_fallback(tiny, tmp_path):
     copy = tmp_path / "no-processor"
     shutil.copytree(tiny.model, copy)
     (copy / "preprocessor_config.json").unlink()
-    image_only = load_encoder("llm2clip", copy, offline=True)
+    image_only = load_encoder("llm2clip", copy, offline=True, trust_remote_code=True)
     assert image_only.image_processor.crop_size["height"] == 32
     assert image_only.encode_images([Image.new("RGB", (64, 48))]).shape == (1, 24)
     with pytest.raises(RevisionError, match="needs the LLM2Vec text model"):
@@ -154,7 +154,7 @@ def test_image_only_use_and_processor_fallback(tiny, tmp_path):
 
 def test_embed_command_with_llm2clip(tiny, encoder, tmp_path, capsys):
     (tmp_path / "texts.jsonl").write_text("".join(json.dumps({"id": f"t{i}", "text": t}) + "\n" for i, t in enumerate(TEXTS)))
-    common = ["embed", "--no-progress", "--encoder", "llm2clip", "--model", str(tiny.model), "--offline",
+    common = ["embed", "--no-progress", "--encoder", "llm2clip", "--model", str(tiny.model), "--offline", "--trust-remote-code",
               "--texts", str(tmp_path / "texts.jsonl"), "--out", str(tmp_path / "out")]
     assert main(common) == 2
     assert "needs --text-model" in capsys.readouterr().err

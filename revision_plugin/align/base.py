@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import re
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -22,19 +23,22 @@ from typing import Any, Callable, ClassVar, Iterator
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from revision_plugin import __version__
 from revision_plugin.align.sources import DEFAULT_CHUNK_ROWS, ChunkSource, open_source
 from revision_plugin.align.stats import BadRows, MomentStats, accumulate, check_dim, normalized_blocks
-from revision_plugin.errors import ArtifactMismatchError, BadInputError
+from revision_plugin.errors import ArtifactMismatchError, BadInputError, RevisionError
 
 logger = logging.getLogger(__name__)
 
 OPERATOR_WEIGHTS_NAME = "operator.safetensors"
 OPERATOR_CONFIG_NAME = "operator.json"
 FORMAT_VERSION = 1
+# Below this E‖e − μ‖² (of unit vectors, at most 1) rows are identical up to round-off.
+MIN_TRACE = 1e-9
 
 _NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]*$")
 OPERATOR_REGISTRY: dict[str, type["Operator"]] = {}
@@ -47,6 +51,11 @@ def register_operator(cls: type["Operator"]) -> type["Operator"]:
         raise ValueError(f"operator method name must be lowercase [a-z0-9_], got {name!r}")
     if name in OPERATOR_REGISTRY:
         raise ValueError(f"operator method {name!r} is already registered by {OPERATOR_REGISTRY[name].__name__}")
+    if set(cls.option_specs) != set(cls.default_options):
+        raise ValueError(
+            f"operator {name!r}: option_specs {sorted(cls.option_specs)} must declare the type and range of "
+            f"every default option {sorted(cls.default_options)}"
+        )
     OPERATOR_REGISTRY[name] = cls
     return cls
 
@@ -61,6 +70,50 @@ def get_operator_class(method: str) -> type["Operator"]:
 
 def unit(x: torch.Tensor) -> torch.Tensor:
     return x / torch.linalg.vector_norm(x, dim=-1, keepdim=True)
+
+
+@dataclass(frozen=True)
+class Opt:
+    """Type and range of one method option, declared next to ``default_options``.
+
+    ``kind``: ``int`` (a true integer, never a float or bool), ``float`` (finite; ints
+    accepted) or ``bool``. ``low``/``high``: inclusive bounds (``low_open``: exclusive low).
+    ``optional``: ``None`` is allowed (e.g. an unset seed).
+    """
+
+    kind: type
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    optional: bool = False
+
+    def describe(self) -> str:
+        kind = {int: "an integer", float: "a number", bool: "true or false"}[self.kind]
+        if self.low is not None and self.high is not None:
+            kind += f" in {'(' if self.low_open else '['}{self.low}, {self.high}]"
+        elif self.low is not None:
+            kind += f" {'>' if self.low_open else '≥'} {self.low}"
+        return kind + (" or null" if self.optional else "")
+
+    def check(self, where: str, name: str, value: Any) -> Any:
+        """``value`` if it is valid (ints widened to float for float options), else a BadInputError."""
+        if value is None and self.optional:
+            return None
+        ok = False
+        if self.kind is bool:
+            ok = isinstance(value, bool)
+        elif self.kind is int:
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        elif self.kind is float:
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            value = float(value) if ok else value
+        if ok and self.kind is not bool:
+            below = self.low is not None and (value <= self.low if self.low_open else value < self.low)
+            above = self.high is not None and value > self.high
+            ok = not (below or above)
+        if not ok:
+            raise BadInputError(f"{where}: option {name} must be {self.describe()}, got {value!r}")
+        return value
 
 
 @dataclass
@@ -133,7 +186,10 @@ class Operator(torch.nn.Module):
 
     method: ClassVar[str]
     buffer_names: ClassVar[tuple[str, ...]] = ()
+    # Exact shape of each buffer: "d" is the operator dim, another name an integer option.
+    buffer_shapes: ClassVar[dict[str, tuple[int | str, ...]]] = {}
     default_options: ClassVar[dict[str, Any]] = {}
+    option_specs: ClassVar[dict[str, Opt]] = {}
 
     def __init__(self, info: OperatorInfo, **buffers: torch.Tensor) -> None:
         super().__init__()
@@ -143,12 +199,35 @@ class Operator(torch.nn.Module):
             )
         self.info = info
         self.options = {**self.default_options, **info.options}
+        for key, spec in self.option_specs.items():
+            self.options[key] = spec.check(self.method, key, self.options[key])
         for name, tensor in buffers.items():
-            if tensor.ndim and tensor.shape[-1] != info.dim:
+            expected = self.expected_shape(name)
+            if tuple(tensor.shape) != expected:
                 raise ArtifactMismatchError(
-                    f"{self.method}: buffer {name!r} has shape {tuple(tensor.shape)}, operator dim is {info.dim}"
+                    f"{self.method}: buffer {name!r} has shape {tuple(tensor.shape)}, expected {expected} "
+                    f"(operator dim is {info.dim})"
                 )
-            self.register_buffer(name, tensor.detach().to(torch.float64).clone())
+            if not tensor.is_floating_point() and tensor.dtype != torch.int64:
+                raise ArtifactMismatchError(f"{self.method}: buffer {name!r} has dtype {tensor.dtype}, expected float")
+            tensor = tensor.detach().to(torch.float64).clone()
+            if not bool(torch.isfinite(tensor).all()):
+                raise ArtifactMismatchError(f"{self.method}: buffer {name!r} has NaN or Inf values; refit the operator")
+            self.register_buffer(name, tensor)
+        self.check_buffers()
+
+    def expected_shape(self, name: str) -> tuple[int, ...]:
+        """The exact shape buffer ``name`` must have (``buffer_shapes``; default ``(dim,)``)."""
+        spec = self.buffer_shapes.get(name, ("d",))
+        return tuple(self.info.dim if s == "d" else int(self.options[s]) if isinstance(s, str) else s for s in spec)
+
+    def check_buffers(self) -> None:
+        """Refuse buffers no fit can produce (a mean of unit vectors is inside the unit ball)."""
+        for name in ("mu_text", "mu_image"):
+            if name in self.buffer_names and float(torch.linalg.vector_norm(getattr(self, name))) > 1 + 1e-6:
+                raise ArtifactMismatchError(
+                    f"{self.method}: buffer {name!r} has norm > 1, impossible for a mean of unit vectors; refit the operator"
+                )
 
     @property
     def dim(self) -> int:
@@ -180,10 +259,27 @@ class Operator(torch.nn.Module):
 
     @classmethod
     def check_options(cls, options: dict[str, Any]) -> dict[str, Any]:
+        """Defaults filled in; unknown keys, wrong types and out-of-range values refused."""
         unknown = set(options) - set(cls.default_options)
         if unknown:
-            raise ValueError(f"{cls.method}: unknown options {sorted(unknown)}; known: {sorted(cls.default_options)}")
-        return {**cls.default_options, **options}
+            raise BadInputError(f"{cls.method}: unknown options {sorted(unknown)}; known: {sorted(cls.default_options)}")
+        merged = {**cls.default_options, **options}
+        for key, spec in cls.option_specs.items():
+            merged[key] = spec.check(cls.method, key, merged[key])
+        return merged
+
+    @staticmethod
+    def require_spread(stats: MomentStats, name: str, what: str, minimum_rows: int = 2) -> None:
+        """Refuse statistics that cannot define a scale or covariance (one row, identical rows)."""
+        if stats.count < minimum_rows:
+            raise BadInputError(
+                f"{name}: {stats.count} usable row(s); {what} needs at least {minimum_rows} to estimate a spread"
+            )
+        if not stats.trace > MIN_TRACE:
+            raise BadInputError(
+                f"{name}: the embeddings have no spread (trace {stats.trace:.3g}): all rows are (nearly) "
+                f"identical, so {what} is undefined; check the inputs"
+            )
 
     # --- applying ----------------------------------------------------------------------
     def transform(self, x: torch.Tensor) -> torch.Tensor:
@@ -208,7 +304,15 @@ class Operator(torch.nn.Module):
             norms = torch.linalg.vector_norm(work, dim=-1, keepdim=True)
             if not bool(torch.isfinite(norms).all()) or bool((norms <= 1e-12).any()):
                 raise BadInputError(f"{self.method} operator: input has NaN/Inf or zero-norm rows")
-            out = fn(work / norms).to(tensor.dtype)
+            out = fn(work / norms)
+            finite = torch.isfinite(out).reshape(-1, out.shape[-1]).all(-1) if out.numel() else None
+            if finite is not None and not bool(finite.all()):
+                row = int(torch.nonzero(~finite)[0])
+                raise BadInputError(
+                    f"{self.method} operator produced NaN/Inf for input row {row} (e.g. a row equal to the "
+                    "mean it subtracts, with renormalize on); nothing was written for it"
+                )
+            out = out.to(tensor.dtype)
         return out.numpy() if is_numpy else out
 
     def forward(self, x):
@@ -245,22 +349,63 @@ def load_operator(
         raw = json.loads(config_path.read_text())
     except json.JSONDecodeError as err:
         raise BadInputError(f"{config_path}: invalid JSON ({err})") from err
+    except UnicodeDecodeError as err:
+        raise BadInputError(f"{config_path}: not a UTF-8 JSON file ({err.reason})") from err
+    if not isinstance(raw, dict):
+        raise ArtifactMismatchError(f"{config_path}: expected a JSON object, got {type(raw).__name__}")
     if "method" not in raw:
         raise ArtifactMismatchError(f"{config_path}: no 'method' field")
-    if raw.get("format_version", 0) > FORMAT_VERSION:
+    info = _info_from_json(raw, config_path)
+    if info.format_version > FORMAT_VERSION:
         raise ArtifactMismatchError(
-            f"{config_path}: format version {raw['format_version']} is newer than this package supports ({FORMAT_VERSION})"
+            f"{config_path}: format version {info.format_version} is newer than this package supports ({FORMAT_VERSION})"
         )
-    cls = get_operator_class(raw["method"])
-    known = {f for f in OperatorInfo.__dataclass_fields__}
-    info = OperatorInfo(**{k: v for k, v in raw.items() if k in known})
+    cls = get_operator_class(info.method)
     if expected_dim is not None and info.dim != expected_dim:
         raise ArtifactMismatchError(f"{directory}: operator was fitted for dim {info.dim}, caller expects {expected_dim}")
     if encoder_id is not None and info.encoder_id is not None and info.encoder_id != encoder_id:
         raise ArtifactMismatchError(
             f"{directory}: operator was fitted for encoder {info.encoder_id!r}, not {encoder_id!r}"
         )
-    return cls(info, **load_file(str(weights_path))).eval()
+    try:
+        tensors = load_file(str(weights_path))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise ArtifactMismatchError(f"{weights_path}: not a readable safetensors file ({err})") from err
+    try:
+        return cls(info, **tensors).eval()
+    except RevisionError as err:
+        raise type(err)(f"{directory}: {err}") from err
+
+
+# Field of operator.json -> (accepted types, description) for the typed check on load.
+_INFO_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
+    "method": ((str,), "a string"),
+    "dim": ((int,), "a positive integer"),
+    "counts": ((dict,), "an object of row counts"),
+    "encoder_id": ((str, type(None)), "a string or null"),
+    "fingerprint": ((str,), "a string"),
+    "options": ((dict,), "an object"),
+    "package_version": ((str,), "a string"),
+    "format_version": ((int,), "an integer"),
+}
+
+
+def _info_from_json(raw: dict, config_path: Path) -> OperatorInfo:
+    """``OperatorInfo`` from ``operator.json`` with every known field's type checked."""
+    values = {}
+    for key, (types, described) in _INFO_TYPES.items():
+        if key not in raw:
+            if key in ("method", "dim", "counts"):
+                raise ArtifactMismatchError(f"{config_path}: no {key!r} field")
+            continue
+        value = raw[key]
+        if not isinstance(value, types) or isinstance(value, bool) or (key == "dim" and value < 1):
+            raise ArtifactMismatchError(f"{config_path}: field {key!r} must be {described}, got {value!r}")
+        values[key] = value
+    for name, count in values["counts"].items():
+        if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+            raise ArtifactMismatchError(f"{config_path}: counts[{name!r}] must be a non-negative integer, got {count!r}")
+    return OperatorInfo(**values)
 
 
 def fit_operator(

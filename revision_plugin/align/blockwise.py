@@ -12,12 +12,21 @@ T_U and T_V are stored combined as one d×d matrix M = Q_U T_U Q_Uᵀ + Q_V T_V 
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 
-from revision_plugin.align.base import FitContext, Operator, register_operator, unit
+from revision_plugin.align.base import (
+    FitContext,
+    Operator,
+    Opt,
+    register_operator,
+    unit,
+)
 from revision_plugin.align.frame import DEFAULT_ENERGY, reference_frame
 from revision_plugin.align.sources import ChunkSource
 from revision_plugin.align.stats import MomentStats
+from revision_plugin.errors import ArtifactMismatchError, BadInputError
 
 
 def shrink(cov: torch.Tensor, shrinkage: float) -> torch.Tensor:
@@ -40,15 +49,19 @@ def whiten_colour(source_cov: torch.Tensor, target_cov: torch.Tensor) -> torch.T
 class Blockwise(Operator):
     method = "blockwise"
     buffer_names = ("mu_text", "mu_image", "matrix", "drift")
+    buffer_shapes: ClassVar[dict[str, tuple[int | str, ...]]] = {"matrix": ("d", "d")}
     default_options = {"energy": DEFAULT_ENERGY, "shrinkage": 0.01}
+    option_specs: ClassVar[dict[str, Opt]] = {"energy": Opt(float, 0.0, 1.0, low_open=True), "shrinkage": Opt(float, 0.0, 1.0)}
 
     @classmethod
     def fit(cls, text: ChunkSource, image: ChunkSource, ctx: FitContext, **options) -> "Blockwise":
         options = cls.check_options(options)
-        if not 0.0 <= options["shrinkage"] <= 1.0:
-            raise ValueError(f"blockwise: shrinkage must be in [0, 1], got {options['shrinkage']}")
+        if text.dim < 2:
+            raise BadInputError(f"{text.name}: dim {text.dim}; the blockwise U ⊕ V frame needs dim ≥ 2")
         text_stats = ctx.moments(text, "blockwise: text moments", second_moment=True)
         image_stats = ctx.moments(image, "blockwise: image moments", second_moment=True)
+        cls.require_spread(text_stats, text.name, "the blockwise covariance map")
+        cls.require_spread(image_stats, image.name, "the blockwise covariance map")
         mu_a, mu_b = text_stats.mean, image_stats.mean
         frame = reference_frame(text_stats.covariance + image_stats.covariance, options["energy"])
 
@@ -75,6 +88,11 @@ class Blockwise(Operator):
         options = {**options, "rank_u": frame.rank}
         info = cls.make_info(text_stats, image_stats, options)
         return cls(info, mu_text=mu_a, mu_image=mu_b, matrix=matrix, drift=drift)
+
+    def check_buffers(self) -> None:
+        super().check_buffers()
+        if not bool(self.matrix.abs().sum() > 0):
+            raise ArtifactMismatchError("blockwise: buffer 'matrix' is all zeros; refit the operator")
 
     def transform(self, u: torch.Tensor) -> torch.Tensor:
         mu_b = self.buffer("mu_image", u)

@@ -10,9 +10,17 @@ reproducible (one generator per device).
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 
-from revision_plugin.align.base import FitContext, Operator, register_operator, unit
+from revision_plugin.align.base import (
+    FitContext,
+    Operator,
+    Opt,
+    register_operator,
+    unit,
+)
 from revision_plugin.align.sources import ChunkSource
 
 C3_NOISE_VARIANCE = 0.016
@@ -23,11 +31,11 @@ class C3(Operator):
     method = "c3"
     buffer_names = ("mu_text", "mu_image")
     default_options = {"noise_variance": C3_NOISE_VARIANCE, "renormalize": True, "seed": None}
+    option_specs: ClassVar[dict[str, Opt]] = {"noise_variance": Opt(float, 0.0, 100.0), "renormalize": Opt(bool),
+                    "seed": Opt(int, 0, 2**63 - 1, optional=True)}
 
     def __init__(self, info, **buffers) -> None:
         super().__init__(info, **buffers)
-        if self.options["noise_variance"] < 0:
-            raise ValueError(f"c3: noise_variance must be ≥ 0, got {self.options['noise_variance']}")
         self._generators: dict[torch.device, torch.Generator] = {}
 
     @classmethod

@@ -19,7 +19,8 @@ from tqdm.auto import tqdm
 from revision_plugin.align import load_operator, open_source, train_mode
 from revision_plugin.align.sources import DEFAULT_CHUNK_ROWS
 from revision_plugin.align.stats import normalized_blocks
-from revision_plugin.errors import RevisionError
+from revision_plugin.argtypes import positive_int
+from revision_plugin.errors import RevisionError, check_writable
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -30,7 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the input holds real image embeddings: apply the operator's image-side map")
     parser.add_argument("--train-mode", action="store_true",
                         help="apply training-time behaviour (C3: draw the noise once; seed with -o seed=… at fit)")
-    parser.add_argument("--chunk-rows", type=int, default=DEFAULT_CHUNK_ROWS, help="rows read per chunk")
+    parser.add_argument("--chunk-rows", type=positive_int, default=DEFAULT_CHUNK_ROWS, help="rows read per chunk")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
@@ -50,6 +51,13 @@ def align_file(operator, source, out: Path, image: bool = False, chunk_rows: int
             with torch.no_grad():
                 for x, _, inv_norm in normalized_blocks(source, None, chunk_rows, bar.update):
                     aligned = transform(x * inv_norm[:, None]).to(torch.float32).numpy()
+                    finite = np.isfinite(aligned).all(axis=1)
+                    if not finite.all():
+                        row = written + int(np.flatnonzero(~finite)[0])
+                        raise RevisionError(
+                            f"{source.name}: the {operator.method} operator produced NaN/Inf for row {row}; "
+                            f"no output written"
+                        )
                     f.write(aligned.tobytes())
                     written += len(aligned)
         if written != source.num_rows:
@@ -63,6 +71,9 @@ def align_file(operator, source, out: Path, image: bool = False, chunk_rows: int
 def run(args: argparse.Namespace) -> int:
     if args.out.exists() and not args.overwrite:
         raise RevisionError(f"{args.out} exists; pass --overwrite to replace it")
+    check_writable(args.out)
+    if Path(args.inputs).exists() and os.path.realpath(args.inputs) == os.path.realpath(args.out):
+        raise RevisionError(f"--out {args.out} is the --in file; write to another path")
     source = open_source(args.inputs)
     operator = load_operator(args.operator, expected_dim=source.dim, encoder_id=source.encoder_id)
     with train_mode(operator, args.train_mode):

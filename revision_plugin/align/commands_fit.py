@@ -17,7 +17,8 @@ import torch
 from revision_plugin.align import OPERATOR_REGISTRY, fit_operator
 from revision_plugin.align.base import OPERATOR_CONFIG_NAME
 from revision_plugin.align.sources import DEFAULT_CHUNK_ROWS
-from revision_plugin.errors import RevisionError
+from revision_plugin.argtypes import positive_int
+from revision_plugin.errors import RevisionError, check_writable
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +55,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="encoder the embeddings come from (recorded; checked against stores' manifests)")
     parser.add_argument("--skip-bad", action="store_true",
                         help="exclude NaN/Inf/zero-norm rows instead of stopping; their count and first rows are reported")
-    parser.add_argument("--chunk-rows", type=int, default=DEFAULT_CHUNK_ROWS, help="rows read per chunk")
+    parser.add_argument("--chunk-rows", type=positive_int, default=DEFAULT_CHUNK_ROWS, help="rows read per chunk")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing operator in --out")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
@@ -69,6 +70,11 @@ def _maybe_init_distributed() -> bool:
 def run(args: argparse.Namespace) -> int:
     if (args.out / OPERATOR_CONFIG_NAME).exists() and not args.overwrite:
         raise RevisionError(f"{args.out} already holds an operator; pass --overwrite to replace it")
+    check_writable(args.out, directory=True)  # before the passes over the data, not after
+    keys = [key for key, _ in args.option]
+    repeated = sorted({key for key in keys if keys.count(key) > 1})
+    if repeated:
+        raise RevisionError(f"-o {', '.join(repeated)} given more than once; give each option once")
     started = _maybe_init_distributed()
     try:
         rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0

@@ -8,9 +8,17 @@ Real images pass through unchanged, as in Unicorn.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 
-from revision_plugin.align.base import FitContext, Operator, register_operator, unit
+from revision_plugin.align.base import (
+    FitContext,
+    Operator,
+    Opt,
+    register_operator,
+    unit,
+)
 from revision_plugin.align.sources import ChunkSource
 
 
@@ -19,6 +27,7 @@ class MeanShift(Operator):
     method = "mean_shift"
     buffer_names = ("mu_text", "mu_image")
     default_options = {"add_image_mean": False, "renormalize": False}
+    option_specs: ClassVar[dict[str, Opt]] = {"add_image_mean": Opt(bool), "renormalize": Opt(bool)}
 
     @classmethod
     def fit(cls, text: ChunkSource, image: ChunkSource, ctx: FitContext, **options) -> "MeanShift":

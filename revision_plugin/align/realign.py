@@ -12,26 +12,40 @@ directly; the tests check the two agree.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 
-from revision_plugin.align.base import FitContext, Operator, register_operator, unit
+from revision_plugin.align.base import (
+    FitContext,
+    Operator,
+    Opt,
+    register_operator,
+    unit,
+)
 from revision_plugin.align.sources import ChunkSource
+from revision_plugin.errors import ArtifactMismatchError
+
+# Each step costs one pass over the text; past a few the drift is round-off (sec. 4.3).
+MAX_CENTROID_ITERS = 64
 
 
 @register_operator
 class ReAlign(Operator):
     method = "realign"
     buffer_names = ("mu_text", "mu_image", "scale", "trace_text", "trace_image", "drifts")
+    buffer_shapes: ClassVar[dict[str, tuple[int | str, ...]]] = {"scale": (), "trace_text": (), "trace_image": (), "drifts": ("centroid_iters", "d")}
     default_options = {"centroid_iters": 1, "eps": 1e-8}
+    option_specs: ClassVar[dict[str, Opt]] = {"centroid_iters": Opt(int, 0, MAX_CENTROID_ITERS), "eps": Opt(float, 0.0, 1e-3)}
 
     @classmethod
     def fit(cls, text: ChunkSource, image: ChunkSource, ctx: FitContext, **options) -> "ReAlign":
         options = cls.check_options(options)
-        iters = int(options["centroid_iters"])
-        if iters < 0:
-            raise ValueError(f"centroid_iters must be ≥ 0, got {iters}")
+        iters = options["centroid_iters"]
         text_stats = ctx.moments(text, "realign: text moments")
         image_stats = ctx.moments(image, "realign: image moments")
+        cls.require_spread(text_stats, text.name, "ReAlign's trace scale (eq. 21)")
+        cls.require_spread(image_stats, image.name, "ReAlign's trace scale (eq. 21)")
         mu_y, mu_x = text_stats.mean, image_stats.mean  # eq. 18
         trace_y, trace_x = text_stats.trace, image_stats.trace  # eq. 20
         scale = (trace_x / (trace_y + options["eps"])) ** 0.5  # eq. 21
@@ -52,6 +66,12 @@ class ReAlign(Operator):
             trace_image=torch.tensor(trace_x, dtype=torch.float64),
             drifts=torch.stack(drifts) if drifts else torch.zeros(0, text.dim, dtype=torch.float64),
         )
+
+    def check_buffers(self) -> None:
+        super().check_buffers()
+        for name in ("scale", "trace_text", "trace_image"):
+            if not float(getattr(self, name)) > 0:
+                raise ArtifactMismatchError(f"realign: buffer {name!r} is {float(getattr(self, name))}, must be > 0; refit")
 
     def transform(self, u: torch.Tensor) -> torch.Tensor:
         mu_x = self.buffer("mu_image", u)

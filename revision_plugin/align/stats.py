@@ -163,11 +163,26 @@ class MomentStats:
 
     @classmethod
     def load(cls, path: str | Path) -> "MomentStats":
-        tensors = load_file(str(path))
+        try:
+            tensors = load_file(str(path))
+        except Exception as err:  # safetensors raises its own error type for bad files
+            if isinstance(err, FileNotFoundError):
+                raise
+            raise BadInputError(f"{path}: not a readable safetensors file ({err})") from err
         if "sum" not in tensors or "scalars" not in tensors:
             raise BadInputError(f"{path}: not a moment-stats file (missing 'sum'/'scalars')")
-        count, sq_norm = tensors["scalars"].tolist()
-        return cls(tensors["sum"].numel(), int(round(count)), tensors["sum"], sq_norm, tensors.get("outer"))
+        total, scalars, outer = tensors["sum"].to(torch.float64), tensors["scalars"].to(torch.float64), tensors.get("outer")
+        dim = total.numel()
+        if total.shape != (dim,) or scalars.shape != (2,) or (outer is not None and outer.shape != (dim, dim)):
+            shapes = {k: tuple(v.shape) for k, v in tensors.items()}
+            raise BadInputError(f"{path}: moment-stats tensors of shapes {shapes}; expected sum [d], scalars [2], outer [d, d]")
+        values = [total, scalars] + ([] if outer is None else [outer])
+        if not all(bool(torch.isfinite(v).all()) for v in values):
+            raise BadInputError(f"{path}: moment stats hold NaN or Inf values")
+        count, sq_norm = scalars.tolist()
+        if count < 0 or count != round(count) or sq_norm < 0:
+            raise BadInputError(f"{path}: invalid moment-stats count {count} / squared norm {sq_norm}")
+        return cls(dim, int(round(count)), total, sq_norm, None if outer is None else outer.to(torch.float64))
 
 
 def accumulate(

@@ -12,6 +12,7 @@ error here but is rejected later with a reason, so one bad caption does not stop
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
@@ -36,8 +37,13 @@ def read_corpus(
     id_key: str = "id",
     value_key: str | None = None,
     image_root: str | Path | None = None,
+    allow_outside_root: bool = False,
 ) -> list[CorpusItem]:
-    """All records of ``path`` for ``modality`` ("text" or "image"), ids checked unique."""
+    """All records of ``path`` for ``modality`` ("text" or "image"), ids checked unique.
+
+    Image paths are relative to ``image_root`` (default: the input file's directory) and must
+    stay inside it: an absolute path, a ``..`` or a symlink leading outside is refused (naming
+    the row) unless ``allow_outside_root``."""
     if modality not in _DATASET_JSON_KEYS:
         raise ValueError(f"modality must be 'text' or 'image', not {modality!r}")
     path = Path(path)
@@ -54,6 +60,7 @@ def read_corpus(
     else:
         raise BadInputError(f"{path}: unsupported input type {suffix!r}; use .jsonl, .parquet or .json")
     root = Path(image_root) if image_root is not None else path.parent
+    real_root = os.path.realpath(root)
     items: list[CorpusItem] = []
     first_seen: dict[str, str] = {}
     for where, record in rows:
@@ -71,9 +78,28 @@ def read_corpus(
         if modality == "image":
             if not isinstance(value, str) or not value:
                 raise BadInputError(f"{where}: record {item_id!r} has no image path")
+            if not allow_outside_root:
+                _check_inside(where, item_id, value, root, real_root)
             value = str(root / value)
         items.append(CorpusItem(item_id, value, where))
     return items
+
+
+def _check_inside(where: str, item_id: str, value: str, root: Path, real_root: str) -> None:
+    """Refuse an image path that leaves ``root`` (absolute, ``..``, or through a symlink)."""
+    if os.path.isabs(value):
+        why = "is absolute"
+    elif ".." in Path(value).parts:
+        why = "contains '..'"
+    else:
+        real = os.path.realpath(root / value)
+        if os.path.commonpath([real_root, real]) == real_root:
+            return
+        why = f"leads outside through a symlink (to {real})"
+    raise BadInputError(
+        f"{where}: image path {value!r} of record {item_id!r} {why}; image paths must stay inside the image "
+        f"root {root} (pass --allow-outside-root to open it anyway)"
+    )
 
 
 def _jsonl_rows(path: Path) -> Iterable[tuple[str, Any]]:

@@ -25,7 +25,7 @@ import numpy as np
 from revision_plugin.encoders.base import Encoder
 from revision_plugin.encoders.corpus import CorpusItem
 from revision_plugin.errors import BadInputError
-from revision_plugin.store import DEFAULT_SHARD_ROWS, StoreWriter, finalize_store
+from revision_plugin.store import DEFAULT_SHARD_ROWS, StoreWriter, finalize_store, lock
 
 logger = logging.getLogger(__name__)
 
@@ -81,6 +81,23 @@ def embed_corpus(
         store_dir, encoder.encoder_id, encoder.dim, rank=rank, world_size=world_size,
         shard_rows=shard_rows, modality=modality, meta=encoder.info(), finalize=False,
     )
+    try:
+        _embed_into(writer, encoder, items, summary, modality, batch_size, sort_by_length, strict, progress,
+                    rank, world_size, image_workers)
+        summary.seconds = time.perf_counter() - started
+        if finalize:
+            _finalize_across_ranks(store_dir, rank, world_size)
+    finally:
+        # A single process drops its write lock however it ends; a distributed job's lock is
+        # dropped by rank 0 once the store is finalized (or by the next run, as stale).
+        if world_size == 1:
+            lock.release(store_dir)
+    return summary
+
+
+def _embed_into(writer, encoder, items, summary, modality, batch_size, sort_by_length, strict, progress,
+                rank, world_size, image_workers) -> None:
+    store_dir = writer.store_dir
     mine = list(items[rank::world_size])
     todo = [item for item in mine if item.id not in writer.done_ids]
     summary.assigned, summary.already_done = len(mine), len(mine) - len(todo)
@@ -124,11 +141,7 @@ def embed_corpus(
     finally:
         bar.close()
         # Commit what was embedded even on error; finalizing waits for a clean finish.
-        writer.close(finalize=False)
-    summary.seconds = time.perf_counter() - started
-    if finalize:
-        _finalize_across_ranks(store_dir, rank, world_size)
-    return summary
+        writer.close(finalize=False, release=False)
 
 
 def _text_batches(encoder: Encoder, todo: list[CorpusItem], batch_size: int, sort_by_length: bool, reject):
@@ -215,5 +228,6 @@ def _finalize_across_ranks(store_dir: Path, rank: int, world_size: int) -> None:
         dist.barrier()
     if rank == 0:
         finalize_store(store_dir)
+        lock.release(store_dir)
     if distributed:
         dist.barrier()

@@ -1,6 +1,7 @@
 """``llm2clip``: LLM2CLIP's joint space, 1280-d for LLM2CLIP-Openai-L-14-336.
 
-* images: ``AutoModel.from_pretrained(model, trust_remote_code=True)`` (with the
+* images: ``AutoModel.from_pretrained(model, trust_remote_code=True)``, only with the user's
+  consent (``--trust-remote-code`` / ``trust_remote_code=true`` in the spec; never from an artifact), (with the
   ``transformers.onnx`` trap defused, ``remote_code.py``) -> ``get_image_features`` on pixels
   from the CLIP image processor (the checkpoint's own ``preprocessor_config.json`` if it has
   one, else CLIP-336's: resize shortest edge + centre crop to the tower's image size,
@@ -29,7 +30,12 @@ from revision_plugin.encoders.base import (
     unit_rows,
 )
 from revision_plugin.encoders.llm2vec_text import LLM2VecTextModel
-from revision_plugin.encoders.remote_code import transformers_onnx_available
+from revision_plugin.encoders.remote_code import (
+    TRUST_REMOTE_CODE_ENV,
+    needs_remote_code,
+    remote_code_allowed,
+    transformers_onnx_available,
+)
 from revision_plugin.errors import ArtifactMismatchError, RevisionError
 
 logger = logging.getLogger(__name__)
@@ -53,19 +59,27 @@ class LLM2CLIPEncoder(Encoder):
         max_length: int = 512,
         chat_template: str = "auto",
         text_batch_size: int = 32,
+        trust_remote_code: bool = False,
     ) -> None:
         from transformers import AutoModel
 
         check_model_source(model)
         if text_model is not None:
             check_model_source(text_model)
+        remote = needs_remote_code(model)
+        if remote and not remote_code_allowed(model, trust_remote_code):
+            raise RevisionError(
+                f"{model}: this LLM2CLIP model ships its own Python code, which loading it would run; "
+                "if you trust it, opt in: --trust-remote-code (revision embed), trust_remote_code=true in "
+                f"your revision: spec, or {TRUST_REMOTE_CODE_ENV}=1"
+            )
         self.device, self.dtype = resolve_device_dtype(device, dtype)
         self.offline = offline
         with transformers_onnx_available() as stubbed:
             if stubbed:
                 logger.debug("transformers.onnx stubbed while loading %s's remote code", model)
             self.model = AutoModel.from_pretrained(
-                str(model), dtype=self.dtype, trust_remote_code=True, local_files_only=offline
+                str(model), dtype=self.dtype, trust_remote_code=remote, local_files_only=offline
             )
         self.model.to(self.device).eval().requires_grad_(False)
         for method in ("get_image_features", "get_text_features"):

@@ -11,11 +11,42 @@ mislead other code that probes for ``transformers.onnx``.
 from __future__ import annotations
 
 import importlib
+import json
+import os
 import sys
 import types
 from contextlib import contextmanager
+from pathlib import Path
 
 STUB_NAME = "transformers.onnx"
+# The user's own opt-in for processes started by someone else's entry point (LLaVA's scripts).
+TRUST_REMOTE_CODE_ENV = "REVISION_TRUST_REMOTE_CODE"
+# Model sources the user consented to in this process (a ``revision:`` spec with
+# ``trust_remote_code=true``); never filled from an artifact.
+_CONSENTED: set[str] = set()
+
+
+def consent_to_remote_code(model: str | Path) -> None:
+    """Record the user's consent to run ``model``'s own Python code in this process."""
+    _CONSENTED.add(os.path.realpath(model) if os.path.exists(model) else str(model))
+
+
+def remote_code_allowed(model: str | Path, explicit: bool = False) -> bool:
+    """Consent given on the command line (``explicit``), in the user's spec, or by the env var."""
+    key = os.path.realpath(model) if os.path.exists(model) else str(model)
+    return explicit or key in _CONSENTED or os.environ.get(TRUST_REMOTE_CODE_ENV, "") in ("1", "true", "yes")
+
+
+def needs_remote_code(model: str | Path) -> bool:
+    """A local model directory whose ``config.json`` maps classes to its own files (``auto_map``);
+    a hub id is assumed to (we cannot look without downloading)."""
+    config = Path(model) / "config.json"
+    if not Path(model).is_dir():
+        return True
+    try:
+        return "auto_map" in json.loads(config.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False  # transformers reports the unreadable config itself
 
 
 def _placeholder_class(name: str) -> type:

@@ -22,13 +22,24 @@ from pathlib import Path
 import numpy as np
 
 from revision_plugin.align.frame import DEFAULT_ENERGY
-from revision_plugin.errors import ArtifactMismatchError, BadInputError
+from revision_plugin.argtypes import (
+    nonnegative_int,
+    open_unit_interval,
+    positive_float,
+    positive_int,
+    unit_interval,
+)
+from revision_plugin.errors import ArtifactMismatchError, BadInputError, check_writable
 
 logger = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from revision_plugin.geometry.report import DEFAULT_MAX_POINTS, DEFAULT_MAX_ROWS, SAMPLE_SEEDS
+    from revision_plugin.geometry.report import (
+        DEFAULT_MAX_POINTS,
+        DEFAULT_MAX_ROWS,
+        SAMPLE_SEEDS,
+    )
 
     parser.add_argument("--text", required=True, help="text embeddings: .npy file or feature-store directory")
     parser.add_argument("--image", required=True, help="image embeddings: .npy file or feature-store directory")
@@ -41,24 +52,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="paired rows for the frame analysis: 'rows', an .npy [n,2] int array of "
                         "(text_row, image_row), or a .tsv/.csv/.jsonl of (text_id, image_id) for stores")
     parser.add_argument("--out", type=Path, required=True, help="output directory for report.json and PNGs")
-    parser.add_argument("--holdout", type=float, default=0.2,
+    parser.add_argument("--holdout", type=unit_interval, default=0.2,
                         help="held-out fraction measured on; 0 = in-sample (default: 0.2)")
     parser.add_argument("--split", choices=("random", "tail"), default="random",
                         help="held-out rows: a seeded random subset, or the last rows (default: random)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of every subsample and split (default: 0)")
-    parser.add_argument("--max-rows", type=int, default=DEFAULT_MAX_ROWS,
+    parser.add_argument("--seed", type=nonnegative_int, default=0, help="seed of every subsample and split (default: 0)")
+    parser.add_argument("--max-rows", type=positive_int, default=DEFAULT_MAX_ROWS,
                         help=f"rows per modality read (seeded subsample beyond; default: {DEFAULT_MAX_ROWS})")
-    parser.add_argument("--max-points", type=int, default=DEFAULT_MAX_POINTS,
+    parser.add_argument("--max-points", type=positive_int, default=DEFAULT_MAX_POINTS,
                         help=f"rows per modality for kNN / KDE / MMD / Tyler (default: {DEFAULT_MAX_POINTS})")
     parser.add_argument("--no-sample-complexity", action="store_true",
                         help="skip the gap-vs-N experiment (paper Fig. 7)")
-    parser.add_argument("--sample-seeds", type=int, default=SAMPLE_SEEDS,
+    parser.add_argument("--sample-seeds", type=positive_int, default=SAMPLE_SEEDS,
                         help=f"seeds per N in the gap-vs-N experiment (default: {SAMPLE_SEEDS})")
-    parser.add_argument("--energy", type=float, default=DEFAULT_ENERGY,
+    parser.add_argument("--energy", type=open_unit_interval, default=DEFAULT_ENERGY,
                         help=f"energy threshold of the U/V reference frame (default: {DEFAULT_ENERGY})")
-    parser.add_argument("--temperature", type=float, default=0.07,
+    parser.add_argument("--temperature", type=positive_float, default=0.07,
                         help="InfoNCE temperature of the probe gradients for the leakage ratio (default: 0.07)")
     parser.add_argument("--no-plots", action="store_true", help="write report.json only")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing report in --out")
 
 
 # --- reading --------------------------------------------------------------------------------
@@ -209,6 +221,9 @@ def run(args: argparse.Namespace) -> int:
         raise BadInputError(f"--holdout must be in [0, 1), got {args.holdout}")
     if args.max_points < 20:
         raise BadInputError(f"--max-points must be ≥ 20, got {args.max_points}")
+    if (args.out / REPORT_NAME).exists() and not args.overwrite:
+        raise BadInputError(f"{args.out / REPORT_NAME} exists; pass --overwrite to replace the report")
+    check_writable(args.out, directory=True)
     text, image, pairs, encoder_id, notes = load_inputs(args)
     operators = {}
     for arg in args.operator:

@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 
-from revision_plugin.errors import BadInputError
+from revision_plugin.errors import BadInputError, check_writable
+from revision_plugin.store.layout import atomic_write_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +39,8 @@ def pseudo_records(records: list, source: str = "<records>", id_prefix: str = "r
             raise BadInputError(f"{where}: duplicate id {rid!r} (also record {seen[rid]})")
         seen[rid] = index
         turns = record["conversations"]
+        if not all(isinstance(t, dict) for t in turns):
+            raise BadInputError(f"{where} (id {rid!r}): every conversation turn must be an object")
         human = next((t for t in turns if t.get("from") == "human"), None)
         caption = next((t.get("value", "") for t in turns if t.get("from") == "gpt"), "")
         if human is None or IMAGE_TOKEN not in str(human.get("value", "")):
@@ -61,19 +65,24 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     source = Path(args.input)
+    outputs = [Path(args.out_json), Path(args.out_texts)]
+    if os.path.realpath(outputs[0]) == os.path.realpath(outputs[1]):
+        raise BadInputError(f"--out-json and --out-texts are the same file ({outputs[0]}); give two paths")
+    if any(os.path.realpath(p) == os.path.realpath(source) for p in outputs):
+        raise BadInputError(f"{source}: an output path is the --input file; it would be overwritten")
+    for path in outputs:
+        if path.exists() and not args.overwrite:
+            raise BadInputError(f"{path} exists (pass --overwrite to replace it)")
+        check_writable(path)
     try:
-        records = json.loads(source.read_text())
-    except json.JSONDecodeError as err:
+        records = json.loads(source.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise BadInputError(f"{source}: invalid JSON ({err})") from err
     if not isinstance(records, list):
         raise BadInputError(f"{source}: expected a JSON list of records")
     out, texts = pseudo_records(records, str(source), args.id_prefix)
-    for path in (Path(args.out_json), Path(args.out_texts)):
-        if path.exists() and not args.overwrite:
-            raise BadInputError(f"{path} exists (pass --overwrite to replace it)")
-        path.parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out_json).write_text(json.dumps(out, ensure_ascii=False))
-    with open(args.out_texts, "w", encoding="utf-8") as f:
-        f.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in texts)
+    # Each output appears whole or not at all (temp file + rename).
+    atomic_write_bytes(outputs[0], json.dumps(out, ensure_ascii=False).encode("utf-8"))
+    atomic_write_bytes(outputs[1], "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in texts).encode("utf-8"))
     print(f"{len(out)} records -> {args.out_json} (text_id) and {args.out_texts} (captions to embed)")
     return 0

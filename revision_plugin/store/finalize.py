@@ -50,7 +50,10 @@ def finalize_store(store_dir: str | Path) -> dict:
             path = shard_file(store_dir, commit["stem"])
             check_shard_file(path, commit["rows"], dim)
             all_ids.extend(ids)
-            shards.append({"file": f"{layout.SHARD_DIR}/{path.name}", "rows": commit["rows"], "first_row": count})
+            entry = {"file": f"{layout.SHARD_DIR}/{path.name}", "rows": commit["rows"], "first_row": count}
+            if commit.get("sha256"):
+                entry["sha256"] = commit["sha256"]
+            shards.append(entry)
             count += commit["rows"]
             normalized = normalized and commit["normalized"]
     stored = set(all_ids)

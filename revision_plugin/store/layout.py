@@ -9,6 +9,10 @@ A store is one directory::
     shards/r00000-000000.ids.json  {"ids": [...], "rejected": [{"id", "reason"}]}
     parts/rank-00000.json    per-writer journal: the commits of writer (rank) 0, rewritten
                              atomically after every shard - the resume point of a killed run
+    writer.lock              present while a job writes (store/lock.py)
+
+Every shard's sha256 is recorded at write time (journal, then manifest) for
+``revision store verify``.
 
 Writers never share a file: each rank owns its journal and its shard names, so any number
 of processes can write one store without locks. ``manifest.json`` and the index are
@@ -18,6 +22,7 @@ previous complete state (if any) stays readable.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -74,10 +79,32 @@ def atomic_write_json(path: Path, obj: Any, fsync: bool = True) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=1, ensure_ascii=False) + "\n").encode(), fsync)
 
 
-def atomic_write_npy(path: Path, array: np.ndarray, fsync: bool = True) -> None:
-    """Save a float32 C-ordered ``.npy`` atomically (temp file in the same dir + rename)."""
+class _HashingWriter:
+    """Forwards writes to ``f`` and hashes them: the checksum of exactly the bytes on disk."""
+
+    def __init__(self, f: BinaryIO) -> None:
+        self.f, self.digest = f, hashlib.sha256()
+
+    def write(self, data) -> int:
+        self.digest.update(data)
+        return self.f.write(data)
+
+
+def atomic_write_npy(path: Path, array: np.ndarray, fsync: bool = True) -> str:
+    """Save a float32 C-ordered ``.npy`` atomically (temp file in the same dir + rename);
+    return the sha256 of the file's bytes (recorded in the journal and the manifest)."""
     with atomic_file(path, fsync) as f:
-        np.lib.format.write_array(f, np.ascontiguousarray(array, dtype=DTYPE), allow_pickle=False)
+        hashing = _HashingWriter(f)
+        np.lib.format.write_array(hashing, np.ascontiguousarray(array, dtype=DTYPE), allow_pickle=False)
+    return hashing.digest.hexdigest()
+
+
+def file_sha256(path: Path, block: int = 1 << 22) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(block):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def npy_data_offset(path: Path) -> tuple[int, tuple[int, ...], np.dtype]:

@@ -16,7 +16,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from revision_plugin.errors import ArtifactMismatchError, BadInputError, RevisionError
-from revision_plugin.store import layout
+from revision_plugin.store import layout, lock
 from revision_plugin.store.journal import read_journals, read_commit_ids
 
 logger = logging.getLogger(__name__)
@@ -58,6 +58,16 @@ class StoreWriter:
         self.finalize_on_close = (world_size == 1) if finalize is None else finalize
         self.fsync = fsync
         self.store_dir.mkdir(parents=True, exist_ok=True)
+        self.world_size = int(world_size)
+        created = lock.acquire(self.store_dir)  # before reading journals: another job may be mid-commit
+        try:
+            self._open_journals()
+        except BaseException:
+            if created:
+                lock.release(self.store_dir)
+            raise
+
+    def _open_journals(self) -> None:
         self._check_existing_store()
         journals = read_journals(self.store_dir)
         for journal in journals.values():
@@ -82,6 +92,7 @@ class StoreWriter:
         layout.remove_stale_temp_files(self.store_dir / layout.PART_DIR, f"rank-{self.rank:05d}")
         if self.resumed_count:
             logger.info("%s: resuming; %d ids already committed", self.store_dir, self.resumed_count)
+
 
     # ------------------------------------------------------------------ public API
 
@@ -124,20 +135,21 @@ class StoreWriter:
             {"ids": self._pending_ids, "rejected": self._pending_rejected},
             self.fsync,
         )
-        normalized = True
+        normalized, sha256 = True, None
         if self._pending_rows:
             data = np.concatenate(self._pending_vectors) if len(self._pending_vectors) > 1 else self._pending_vectors[0]
             norms = np.linalg.norm(data.astype(np.float64), axis=1)
             normalized = bool(np.all(np.abs(norms - 1.0) < UNIT_NORM_TOLERANCE))
-            layout.atomic_write_npy(shard_dir / f"{stem}.npy", data, self.fsync)
-        self._journal["commits"].append(
-            {
-                "stem": stem,
-                "rows": self._pending_rows,
-                "rejected": len(self._pending_rejected),
-                "normalized": normalized,
-            }
-        )
+            sha256 = layout.atomic_write_npy(shard_dir / f"{stem}.npy", data, self.fsync)
+        commit = {
+            "stem": stem,
+            "rows": self._pending_rows,
+            "rejected": len(self._pending_rejected),
+            "normalized": normalized,
+        }
+        if sha256 is not None:
+            commit["sha256"] = sha256
+        self._journal["commits"].append(commit)
         layout.atomic_write_json(layout.part_path(self.store_dir, self.rank), self._journal, self.fsync)
         logger.debug("%s: committed %s (%d rows)", self.store_dir, stem, self._pending_rows)
         self.rows_written += self._pending_rows
@@ -145,12 +157,18 @@ class StoreWriter:
         self._pending_ids, self._pending_vectors, self._pending_rows = [], [], 0
         self._pending_rejected = []
 
-    def close(self, finalize: bool | None = None) -> None:
-        self.commit()
-        if self.finalize_on_close if finalize is None else finalize:
-            from revision_plugin.store.finalize import finalize_store
+    def close(self, finalize: bool | None = None, release: bool | None = None) -> None:
+        """Commit what is pending; finalize (default: ``finalize`` of the constructor); drop the
+        write lock (default: single-process writers; a distributed job's finalizer drops it)."""
+        try:
+            self.commit()
+            if self.finalize_on_close if finalize is None else finalize:
+                from revision_plugin.store.finalize import finalize_store
 
-            finalize_store(self.store_dir)
+                finalize_store(self.store_dir)
+        finally:
+            if self.world_size == 1 if release is None else release:
+                lock.release(self.store_dir)
 
     def __enter__(self) -> "StoreWriter":
         return self
