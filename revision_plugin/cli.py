@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "align": ("revision_plugin.align.commands_align", "apply a fitted operator to an embedding file, chunk by chunk"),
     "embed": ("revision_plugin.embed", "embed texts/images into resumable feature stores (hf_clip, llm2clip)"),
     "compare": ("revision_plugin.compare", "paper-style comparison table (md/csv/png) from lmms-eval result folders"),
+    "eval": ("revision_plugin.lmms.runner", "run the lmms-eval suite task by task (resumable, fails loudly); `eval prefetch` for offline use"),
     "report": ("revision_plugin.geometry.commands_report", "geometry report (gap, spectrum, JS, kNN, frame) of embeddings and operators on held-out data"),
     "demo": ("revision_plugin.demo", "the embedded default job: synthetic data, every operator, gap table + report"),
     "patch-host": ("revision_plugin.hosts.patch", "apply the LLaVA 1.2.2 compatibility patches to the installed llava (idempotent)"),

@@ -4,7 +4,7 @@
 revision_plugin.lmms_manifest:manifest``. lmms-eval 0.7.x loads that group while
 ``lmms_eval.models`` itself is being imported (``ModelRegistryV2.load_entrypoint_manifests``),
 calls :func:`manifest` and registers the returned ``ModelManifest``. This module must
-therefore import nothing heavy (no torch, no llava, no revision_plugin.lmms): the class
+therefore import nothing heavy (no torch, no llava, no revision_plugin.lmms.model): the class
 path is only imported when a user actually asks for ``--model revision_llava``.
 A failure here makes lmms-eval drop *every* third-party entry point with a single
 warning, so the function does nothing that can fail besides building the dataclass.
@@ -13,7 +13,7 @@ warning, so the function does nothing that can fail besides building the datacla
 from __future__ import annotations
 
 MODEL_ID = "revision_llava"
-SIMPLE_CLASS_PATH = "revision_plugin.lmms.RevisionLlava"
+SIMPLE_CLASS_PATH = "revision_plugin.lmms.model.RevisionLlava"
 ALIASES: tuple[str, ...] = ("revision",)
 
 

@@ -62,9 +62,8 @@ def _task(metrics: dict) -> dict:
 def raw_results(pct: dict[str, float]) -> dict[str, dict]:
     """Invert the documented mapping: paper accuracy % -> what each lmms-eval task reports."""
     f = {k: v / 100.0 for k, v in pct.items()}
-    total = pct["MME"] / 100.0 * 2800.0  # MME% = (perception + cognition) / 2800
-    return {
-        "mme": {"mme_perception_score,none": total * 2000 / 2800, "mme_cognition_score,none": total * 800 / 2800},
+    return {  # the MME column is per-question accuracy (mme_acc); scores as an 8B model would get them
+        "revision_mme": {"mme_acc,none": f["MME"], "mme_perception_score,none": 1500.0, "mme_cognition_score,none": 300.0},
         "mmstar": {"average,none": f["MMStar"], "coarse perception,none": f["MMStar"]},
         "scienceqa_img": {"exact_match,none": f["SQA"]},
         "revision_scienceqa_img_dev": {"exact_match,none": f["SQA"]},
@@ -95,7 +94,8 @@ def write_results(folder: Path, tasks: dict[str, dict], *, date: str = "20260101
         "config": {"model": "revision_llava", "model_args": f"pretrained={model}", "batch_size": 1,
                    "limit": limit, "offset": 0},
         "git_hash": "051b4e9",
-        "lmms_eval_version": "0.7.3",
+        "lmms_eval_version": "main@051b4e9",  # lmms-eval's own field: git of the enclosing repository
+        "revision": {"versions": {"lmms_eval": "0.7.3"}},  # what `revision eval` records (importlib.metadata)
         "date": date,
         "model_name": model,
         "model_name_sanitized": model,
@@ -158,12 +158,23 @@ def test_table1_markdown_and_csv(tmp_path):
 
 def test_details_report_mme_halves_and_pope_splits(tmp_path):
     tasks = raw_results(dict(zip(BENCHMARK_KEYS, TABLE1["ReVision"][0])))
-    tasks["mme"] = {"mme_perception_score,none": 1500.0, "mme_cognition_score,none": 300.0}
+    tasks["revision_mme"].update({"mme_perception_acc,none": 0.81, "mme_cognition_acc,none": 0.6})
     tasks["revision_pope"].update({"pope_adversarial_accuracy,none": 0.7, "pope_popular_accuracy,none": 0.8,
                                    "pope_random_accuracy,none": 0.9, "pope_random_f1_score,none": 0.85})
     write_results(tmp_path / "r", tasks)
     row = compare([load_run(tmp_path / "r")]).rows[0]
-    assert row.values["MME"] == pytest.approx(100 * 1800 / 2800)
+    assert row.values["MME"] == pytest.approx(79.65)  # the recorded choice: per-question accuracy
+    assert row.details["MME (P+C)/2800 %"] == pytest.approx(100 * 1800 / 2800)
+    assert row.details["MME-P acc"] == pytest.approx(81.0) and row.details["MME-C acc"] == pytest.approx(60.0)
+    # the other readings, on request
+    assert compare([load_run(tmp_path / "r")], mme="perception").rows[0].values["MME"] == pytest.approx(75.0)
+    total = compare([load_run(tmp_path / "r")], mme="total")
+    assert total.rows[0].values["MME"] == pytest.approx(100 * 1800 / 2800)
+    assert "MME column: total" in total.to_markdown() and total.to_json()["mme_column"]["choice"] == "total"
+    # lmms-eval's own mme task has no per-question accuracy: missing under the default, never guessed
+    write_results(tmp_path / "m", {"mme": {"mme_perception_score,none": 1500.0, "mme_cognition_score,none": 300.0}})
+    assert compare([load_run(tmp_path / "m")]).rows[0].values["MME"] is None
+    assert compare([load_run(tmp_path / "m")], mme="perception").rows[0].values["MME"] == pytest.approx(75.0)
     assert row.details["MME-P score"] == 1500.0 and row.details["MME-C score"] == 300.0
     assert row.details["MME-P %"] == pytest.approx(75.0) and row.details["MME-C %"] == pytest.approx(37.5)
     assert row.details["POPE adv acc"] == pytest.approx(70.0)
@@ -343,14 +354,31 @@ def test_pending_lists_unfinished_config_entries(tmp_path, monkeypatch, capsys):
                 "include_path": "eval/tasks", "output_path": "eval_out/a"} for task in ("mme", "mmstar", "realworldqa")]
     config = tmp_path / "full.yaml"
     config.write_text(yaml.safe_dump(entries))
-    write_results(tmp_path / "eval_out" / "a", {"mme": {"mme_perception_score,none": 1.0, "mme_cognition_score,none": 1.0}})
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    (ckpt / "config.json").write_text("{}")
+    monkeypatch.setenv("REVISION_CKPT", str(ckpt))
+    from revision_plugin.lmms.provenance import checkpoint_fingerprint
+
+    mme_file = write_results(tmp_path / "eval_out" / "a", {"mme": {"mme_perception_score,none": 1.0}})
+    payload = json.loads(mme_file.read_text())
+    payload["revision"] = {"checkpoint": {"path": str(ckpt), "fingerprint": checkpoint_fingerprint(ckpt)}}
+    mme_file.write_text(json.dumps(payload))
+    write_results(tmp_path / "eval_out" / "a", {"realworldqa": {"exact_match,none": 0.3}}, date="20260103_000000")
     write_results(tmp_path / "eval_out" / "a", {"mmstar": {"average,none": 0.3}}, date="20260102_000000", limit=5)
     assert main(["compare", "--pending", str(config), "--write-config", str(tmp_path / "rest.yaml")]) == 0
     rest = yaml.safe_load((tmp_path / "rest.yaml").read_text())
-    assert [e["tasks"] for e in rest] == ["mmstar", "realworldqa"]  # --limit results do not count as done
+    # --limit results and results without this checkpoint's fingerprint do not count as done
+    assert [e["tasks"] for e in rest] == ["mmstar", "realworldqa"]
     assert rest[0] == entries[1]
     assert "1 entries finished, 2 to run" in capsys.readouterr().out
     # with lmms-eval's --output_path override, and nothing there yet
     assert main(["compare", "--pending", str(config), "--output-path", "elsewhere"]) == 0
     assert "0 entries finished, 3 to run" in capsys.readouterr().out
     assert main(["compare"]) == 2
+    # the checkpoint changed since: its results no longer count
+    (ckpt / "config.json").write_text('{"retrained": true}')
+    assert main(["compare", "--pending", str(config)]) == 0
+    assert "0 entries finished, 3 to run" in capsys.readouterr().out
+    monkeypatch.delenv("REVISION_CKPT")
+    assert main(["compare", "--pending", str(config)]) == 2  # cannot check which checkpoint: an error, not a guess

@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from revision_plugin import compare
+from revision_plugin.lmms import datasets as suite_data
 from revision_plugin.testing import tiny_eval_data as tiny
 
 lmms_eval = pytest.importorskip("lmms_eval")
@@ -25,7 +26,7 @@ BUILTIN_FOLDERS = ("mme", "mmstar", "scienceqa", "realworldqa", "mmmu", "mmmu_pr
 
 # task -> (dataset_path, dataset_name, split) as written in eval/README.md
 SUITE_DATASETS = {
-    "mme": ("lmms-lab-encoder/MME", None, "test"),
+    "revision_mme": ("lmms-lab-encoder/MME", None, "test"),
     "mmstar": ("Lin-Chen/MMStar", None, "val"),
     "scienceqa_img": ("lmms-lab-encoder/ScienceQA", "ScienceQA-IMG", "test"),
     "revision_scienceqa_img_dev": ("lmms-lab-encoder/ScienceQA", "ScienceQA-IMG", "validation"),
@@ -77,15 +78,15 @@ def test_task_dataset_ids_and_splits(task_index, task):
     assert task_index[task]["type"] == "task"
     cfg = _config(task_index, task)
     assert (cfg["dataset_path"], cfg.get("dataset_name"), cfg["test_split"]) == SUITE_DATASETS[task]
+    assert suite_data.DATASETS[task].repo_id == cfg["dataset_path"]  # the prefetch table matches the YAML
     assert cfg["output_type"] == "generate_until"
     readme = (EVAL / "README.md").read_text()
     assert f"`{task}`" in readme and SUITE_DATASETS[task][0] in readme
 
 
 def test_compare_reads_metric_keys_the_tasks_really_report(task_index):
-    """Every (task, "metric,filter") revision compare reads exists in that task's YAML."""
-    pairs = {pair for bench in compare.BENCHMARKS for source in bench.sources for pair in source.metrics}
-    pairs |= set(compare.DETAIL_METRICS)
+    """Every (task, "metric,filter") revision compare reads, under every MME/MMMU choice, exists in that task's YAML."""
+    pairs = set(compare.ALL_SOURCE_METRICS) | set(compare.DETAIL_METRICS)
     assert {t for t, _ in pairs} >= set(compare.SUITE_TASKS)
     for task, key in sorted(pairs):
         cfg = _config(task_index, task)
@@ -102,7 +103,34 @@ def test_hallusion_default_needs_a_judge_ours_does_not(task_index):
         return getattr(node, "value", str(node))
 
     assert not any(name(m["aggregation"]).endswith("_intern") for m in builtin["metric_list"])  # GPT judge upstream
-    assert all(name(m["aggregation"]).endswith("_intern") for m in ours["metric_list"])
+    assert all(name(m["aggregation"]).startswith("utils.hb_") for m in ours["metric_list"])
+    assert compare.JUDGES["hallusion_bench_image"].startswith("gpt") and "revision_hallusion_bench_image" not in compare.JUDGES
+
+
+def test_hallusion_yes_no_neither():
+    utils = _load_script(TASKS_DIR / "hallusion_bench_nojudge" / "utils.py")
+    assert [utils.hb_extract(s) for s in ("Yes.", "yes, it is", "No", "NO!", "Nope, yes it is")] == ["1", "1", "0", "0", "1"]
+    assert utils.hb_extract("The eyes are blue.") is None  # "eyes" is not yes
+    assert utils.hb_extract("I cannot tell from the image.") is None and utils.hb_extract("") is None
+    rows = [{"category": "VD", "subcategory": "c", "set_id": "0", "figure_id": "0", "question_id": str(i),
+             "gt_answer": gt, "model_prediction": pred} for i, (gt, pred) in enumerate(
+                 [("0", "I cannot tell."), ("1", "Their eyes are open"), ("1", "Yes"), ("0", "no")])]
+    assert utils.hb_aacc(rows) == 0.5  # a refusal is wrong, even on a "no" question; "eyes" is no yes
+    assert utils.hb_neither_rate(rows) == 0.5 and utils.hb_facc(rows) == 0.0 and utils.hb_qacc(rows) == 0.5
+
+
+def test_mmmu_variants_and_smoke_tasks_exist(task_index):
+    for variant in compare.MMMU_VARIANTS.values():
+        assert all(task_index[t]["type"] == "task" for t in variant)
+    assert _flatten_group(task_index, "revision_smoke") == list(compare.SMOKE_TASKS)
+    for task in compare.SMOKE_TASKS:
+        cfg = _config(task_index, task)
+        assert getattr(cfg["process_docs"], "value", str(cfg["process_docs"])).startswith("smoke_utils.smoke_docs")
+    make_smoke = _load_script(TASKS_DIR / "smoke" / "make_smoke.py")
+    assert make_smoke.main(["--check"]) == 0
+    smoke_utils = _load_script(TASKS_DIR / "smoke" / "smoke_utils.py")
+    assert smoke_utils.SMOKE_DOCS == compare.suite.SMOKE_DOCS
+    assert smoke_utils._spaced(100, 24) == smoke_utils._spaced(100, 24) and len(set(smoke_utils._spaced(100, 24))) == 24
 
 
 # ------------------------------------------------------------------ run configs (--config)
@@ -151,6 +179,8 @@ def test_run_configs_are_valid_lmms_eval_configs(monkeypatch):
 
 
 def _oracle_answer(task: str, doc: dict) -> str:
+    if task == "revision_mme":
+        return doc["answer"]
     if task == "revision_hallusion_bench_image":
         return "Yes" if doc["gt_answer"] == "1" else "No"
     if task == "revision_scienceqa_img_dev":
@@ -202,6 +232,7 @@ def tiny_tasks(tmp_path_factory):
         "revision_hallusion_bench_image": tiny.build_tiny_hallusion(root / "hb"),
         "revision_scienceqa_img_dev": tiny.build_tiny_scienceqa(root / "sqa"),
         "revision_pope": tiny.build_tiny_pope(root / "pope", n_per_split=2),
+        "revision_mme": tiny.build_tiny_mme(root / "mme", pairs_per_category=1),
     }
 
 
@@ -215,6 +246,8 @@ def test_custom_tasks_score_a_known_answer_file_100_percent(tiny_tasks):
     for split in tiny.POPE_SPLITS:
         assert pope[f"pope_{split}_accuracy,none"] == 1.0 and pope[f"pope_{split}_f1_score,none"] == 1.0
     assert pope["pope_accuracy,none"] == 1.0
+    mme = results["revision_mme"]
+    assert mme["mme_acc,none"] == mme["mme_perception_acc,none"] == mme["mme_cognition_acc,none"] == 1.0
 
 
 def test_custom_tasks_score_wrong_answers_below_100(tiny_tasks):
@@ -223,6 +256,8 @@ def test_custom_tasks_score_wrong_answers_below_100(tiny_tasks):
             return min(tiny_docs_letters(doc["answer"]))
         if task == "revision_pope":
             return "yes"
+        if task == "revision_mme":
+            return "Yes"
         return "No" if task == "revision_hallusion_bench_image" else "Z"
 
     results = _evaluate(_make_model(wrong), tiny_tasks)
@@ -235,6 +270,9 @@ def test_custom_tasks_score_wrong_answers_below_100(tiny_tasks):
     assert results["revision_scienceqa_img_dev"]["exact_match,none"] == 0.0
     assert results["revision_pope"]["pope_accuracy,none"] == 0.5
     assert results["revision_pope"]["pope_random_accuracy,none"] == 0.5
+    # "Yes" everywhere: half the questions right, no image has both right (acc+ = 0)
+    assert results["revision_mme"]["mme_acc,none"] == 0.5
+    assert results["revision_mme"]["mme_perception_score,none"] == 50.0 * 3  # 3 perception categories, acc 50 + acc+ 0
 
 
 def tiny_docs_letters(answer: str) -> set[str]:

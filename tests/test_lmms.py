@@ -23,7 +23,7 @@ def test_entry_point_is_declared_and_resolves():
     manifest = eps[0].load()()
     assert isinstance(manifest, ModelManifest)
     assert manifest.model_id == "revision_llava"
-    assert manifest.simple_class_path == "revision_plugin.lmms.RevisionLlava" and manifest.chat_class_path is None
+    assert manifest.simple_class_path == "revision_plugin.lmms.model.RevisionLlava" and manifest.chat_class_path is None
 
 
 def test_lmms_eval_lists_and_resolves_the_model_in_a_fresh_process():
@@ -39,7 +39,7 @@ def test_lmms_eval_lists_and_resolves_the_model_in_a_fresh_process():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False)
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output
-    assert "RESOLVED revision_plugin.lmms RevisionLlava True" in output
+    assert "RESOLVED revision_plugin.lmms.model RevisionLlava True" in output
     assert "Failed to load model entry-point" not in output
 
 
@@ -96,10 +96,43 @@ def test_conv_template_must_exist(tmp_path):
         RevisionLlava(pretrained=str(tmp_path / "ckpt"), conv_template="vicuna_v9")
 
 
+def test_conv_template_choice():
+    from revision_plugin.lmms import choose_conv_template
+
+    known = {"vicuna_v1": 1, "llama_3": 2}
+    assert choose_conv_template(None, "llama_3", known) == ("llama_3", [])
+    assert choose_conv_template("llama_3", "llama_3", known) == ("llama_3", [])
+    used, notes = choose_conv_template("vicuna_v1", "llama_3", known)
+    assert used == "vicuna_v1" and "overrides" in notes[0]
+    used, notes = choose_conv_template(None, None, known)
+    assert used == "vicuna_v1" and "revision_conv_template" in notes[0]
+    with pytest.raises(BadInputError, match="the checkpoint's revision_conv_template='chatml'"):
+        choose_conv_template(None, "chatml", known)
+
+
+def test_llama3_template_is_accepted_before_loading(tmp_path):
+    """llama_3 is added by register(); the model registers before checking the name."""
+    pytest.importorskip("llava")
+    from revision_plugin.hosts.llava import register
+    from revision_plugin.lmms import RevisionLlava
+
+    undo = register()
+    undo()  # as in a fresh lmms-eval process: llama_3 not in LLaVA's table yet
+    (tmp_path / "ckpt").mkdir()
+    with pytest.raises(Exception) as info:  # gets past the template check, fails loading the empty folder
+        RevisionLlava(pretrained=str(tmp_path / "ckpt"), conv_template="llama_3")
+    assert "conv_template" not in str(info.value)
+
+
 def test_device_dtype_and_generation_settings():
     import torch
 
-    from revision_plugin.lmms import RevisionLlava, cut_at_stop, resolve_device, resolve_dtype
+    from revision_plugin.lmms import (
+        RevisionLlava,
+        cut_at_stop,
+        resolve_device,
+        resolve_dtype,
+    )
 
     assert resolve_dtype("auto", "cpu") == torch.float32 and resolve_dtype("auto", "cuda") == torch.float16
     assert resolve_dtype("bf16", "cuda") == torch.bfloat16

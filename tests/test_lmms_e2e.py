@@ -15,7 +15,7 @@ import pytest
 pytest.importorskip("lmms_eval")
 pytest.importorskip("llava")
 
-from revision_plugin.errors import RevisionError
+from revision_plugin.errors import BadInputError, RevisionError
 from revision_plugin.testing import tiny_eval_data as tiny
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,7 +40,10 @@ def checkpoint(tmp_path_factory):
     """The host engineer's tiny trained checkpoint (built once per test session, shared by xdist workers)."""
     try:
         from revision_plugin.hosts.llava import register
-        from revision_plugin.testing.tiny_llava import build_tiny_llava_checkpoint, pytest_shared_dir
+        from revision_plugin.testing.tiny_llava import (
+            build_tiny_llava_checkpoint,
+            pytest_shared_dir,
+        )
     except ImportError as err:  # pragma: no cover - only before the host integration exists
         pytest.skip(f"host integration not available: {err}")
     try:
@@ -62,14 +65,14 @@ def test_revision_llava_through_lmms_eval_end_to_end(tmp_path, data, checkpoint)
     results = simple_evaluate(
         model="revision_llava",  # resolved through lmms-eval's registry, i.e. our entry point
         model_args=f"pretrained={checkpoint},device=cpu,dtype=float32,max_new_tokens=8",
-        tasks=[tiny.task_override("mme", data["mme"]), tiny.task_override("revision_pope", data["pope"])],
+        tasks=[tiny.task_override("revision_mme", data["mme"]), tiny.task_override("revision_pope", data["pope"])],
         task_manager=_task_manager(), batch_size=4, log_samples=True, evaluation_tracker=tracker,
         verbosity="ERROR", datetime_str="20260101_000000",
     )
     samples = results.pop("samples")
-    assert results["config"]["model_backend"].startswith("revision_plugin.lmms.RevisionLlava")
+    assert results["config"]["model_backend"].startswith("revision_plugin.lmms.model.RevisionLlava")
     n = {task: len(s) for task, s in samples.items()}
-    assert n == {"mme": len(tiny.known_answers(data["mme"])), "revision_pope": len(tiny.known_answers(data["pope"]))}
+    assert n == {"revision_mme": len(tiny.known_answers(data["mme"])), "revision_pope": len(tiny.known_answers(data["pope"]))}
     answers = [r for task in samples.values() for s in task for r in s["filtered_resps"]]
     assert answers and all(isinstance(a, str) and a.strip() for a in answers)  # the model answered every question
 
@@ -77,7 +80,8 @@ def test_revision_llava_through_lmms_eval_end_to_end(tmp_path, data, checkpoint)
     files = list(out.rglob("*_results.json"))
     assert len(files) == 1
     saved = json.loads(files[0].read_text())
-    for task, key in (("mme", "mme_perception_score,none"), ("mme", "mme_cognition_score,none"),
+    for task, key in (("revision_mme", "mme_perception_score,none"), ("revision_mme", "mme_cognition_score,none"),
+                      ("revision_mme", "mme_acc,none"),
                       ("revision_pope", "pope_accuracy,none"), ("revision_pope", "pope_f1_score,none"),
                       *(("revision_pope", f"pope_{s}_accuracy,none") for s in tiny.POPE_SPLITS)):
         assert isinstance(saved["results"][task][key], (int, float)), (task, key)
@@ -128,8 +132,27 @@ def test_batching_loglikelihood_and_empty_answers(data, checkpoint):
         return Instance("loglikelihood", (questions[0], continuation, visual, 0, "pope", "test"), idx=0,
                         metadata={"task": "pope", "doc_id": 0, "repeats": 1})
 
-    (good, _), (bad, _) = model.loglikelihood([ll_request(batched[0]), ll_request("zebra zebra zebra")])
+    (good, greedy), (bad, _) = model.loglikelihood([ll_request(batched[0]), ll_request("zebra zebra zebra")])
     assert good < 0 and bad < good
+    # only the continuation is scored: not the end-of-turn separator (</s>) the template appends
+    _, cont = model.continuation_ids(questions[0], "zebra", 1)
+    assert model.tokenizer.eos_token_id not in cont.tolist() and model.tokenizer.decode(cont).strip() == "zebra"
+    assert greedy  # the model's own greedy answer (cut at max_new_tokens, no </s>) is greedy under scoring
+    # batched scoring (3 per forward) equals one at a time
+    lls = [ll_request(c) for c in (batched[0], "zebra zebra zebra", "a blue one", batched[1])]
+    model.batch_size_per_gpu = 3
+    together = model.loglikelihood(lls)
+    model.batch_size_per_gpu = 1
+    alone = model.loglikelihood(lls)
+    assert [g for _, g in together] == [g for _, g in alone]
+    assert [v for v, _ in together] == pytest.approx([v for v, _ in alone], abs=1e-4)
+
+    # <image> tokens are checked against the document's images
+    with pytest.raises(BadInputError, match=r"task pope doc 0: the prompt has 2 <image> token\(s\) but the document has 1"):
+        model.generate_until([request(0, "<image> <image>\nWhat colour is the shape?")])
+    with pytest.raises(BadInputError, match="has 1 <image> token"):
+        model.loglikelihood([Instance("loglikelihood", ("<image>\nhi", "yes", None, 0, "pope", "test"), idx=0,
+                                      metadata={"task": "pope", "doc_id": 0, "repeats": 1})])
 
 
 def test_known_correct_answers_score_100_percent_with_the_real_tasks(data):
@@ -137,7 +160,11 @@ def test_known_correct_answers_score_100_percent_with_the_real_tasks(data):
     from lmms_eval.api.model import lmms
     from lmms_eval.evaluator import simple_evaluate
     from lmms_eval.tasks.mme.utils import mme_aggregate_results, mme_process_results
-    from lmms_eval.tasks.pope.utils import pope_aggregate_accuracy, pope_aggregate_f1_score, pope_process_results
+    from lmms_eval.tasks.pope.utils import (
+        pope_aggregate_accuracy,
+        pope_aggregate_f1_score,
+        pope_process_results,
+    )
 
     # 1) the bare metric functions on the answer file
     pope_docs, mme_docs = tiny.read_docs(data["pope"]), tiny.read_docs(data["mme"])

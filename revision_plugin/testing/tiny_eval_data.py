@@ -302,3 +302,94 @@ def build_tiny_eval_tasks(workdir: str | Path, n_per_split: int = 4, pairs_per_c
     for name, text in _TINY_TASK_YAML.items():
         (workdir / f"{name}.yaml").write_text(text)
     return workdir
+
+
+# ----------------------------------------------------------------------------- revision eval fixtures
+
+
+def checkpoint_with_template(checkpoint: str | Path, out_dir: str | Path, conv_template: str | None) -> Path:
+    """A copy of ``checkpoint`` whose ``config.json`` names ``conv_template`` (or lacks the key).
+
+    STOPGAP, clearly a test fixture: ``revision_plugin.hosts.llava.finalize_checkpoint`` is
+    about to write ``revision_conv_template`` (LLaVA's ``--version``) itself; until then the
+    tests write it here. The copy keeps the original untouched (other tests share it).
+    """
+    import json
+    import shutil
+
+    from revision_plugin.lmms.provenance import CONV_TEMPLATE_KEY
+
+    out = Path(out_dir)
+    if out.exists():
+        shutil.rmtree(out)
+    shutil.copytree(checkpoint, out, ignore=shutil.ignore_patterns("checkpoint-*", ".complete"))
+    config = json.loads((out / "config.json").read_text())
+    config.pop(CONV_TEMPLATE_KEY, None)
+    if conv_template is not None:
+        config[CONV_TEMPLATE_KEY] = conv_template
+    (out / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    return out
+
+
+_FAILING_TASKS = {
+    # two <image> tokens in the prompt, one image in the document
+    "revision_tiny_badimage": ("lmms_eval.tasks.pope.utils.pope_process_results", "tiny_fail_utils.two_image_tokens"),
+    # the task's module cannot be imported
+    "revision_tiny_importerror": ("tiny_broken_utils.process", "lmms_eval.tasks.pope.utils.pope_doc_to_text"),
+    # scores nothing: no metric in the results
+    "revision_tiny_nometrics": ("tiny_fail_utils.no_metrics", "lmms_eval.tasks.pope.utils.pope_doc_to_text"),
+}
+
+
+def build_tiny_failure_tasks(workdir: str | Path, n_per_split: int = 1) -> Path:
+    """``--include_path`` folder with one task per way a task can fail (for the runner tests)."""
+    workdir = Path(workdir)
+    build_tiny_pope(workdir / "pope", n_per_split)
+    (workdir / "tiny_fail_utils.py").write_text(
+        "def two_image_tokens(doc, lmms_eval_specific_kwargs=None):\n"
+        "    return '<image> <image>\\n' + doc['question']\n\n\n"
+        "def no_metrics(doc, results):\n    return {}\n")
+    (workdir / "tiny_broken_utils.py").write_text("raise ImportError('tiny_broken_utils: broken on purpose')\n")
+    for name, (process, to_text) in _FAILING_TASKS.items():
+        (workdir / f"{name}.yaml").write_text(f"""\
+task: {name}
+dataset_path: parquet
+dataset_kwargs:
+  data_files:
+    test: pope/test.parquet
+test_split: test
+output_type: generate_until
+doc_to_visual: !function lmms_eval.tasks.pope.utils.pope_doc_to_visual
+doc_to_text: !function {to_text}
+doc_to_target: "answer"
+generation_kwargs:
+  max_new_tokens: 4
+process_results: !function {process}
+metric_list:
+  - metric: pope_accuracy
+    aggregation: !function lmms_eval.tasks.pope.utils.pope_aggregate_accuracy
+    higher_is_better: true
+lmms_eval_specific_kwargs:
+  default:
+    pre_prompt: ""
+    post_prompt: ""
+metadata:
+  - version: 0.0
+""")
+    return workdir
+
+
+def build_fake_hub_dataset(cache_dir: str | Path, repo_id: str, files: dict[str, str | Path],
+                           commit: str = "0" * 40) -> Path:
+    """Lay ``files`` out as the HF hub cache does for a downloaded dataset repo (snapshot +
+    ``refs/main``), so ``snapshot_download(..., local_files_only=True)`` finds it offline."""
+    import shutil
+
+    repo = Path(cache_dir) / f"datasets--{repo_id.replace('/', '--')}"
+    snapshot = repo / "snapshots" / commit
+    for rel, src in files.items():
+        (snapshot / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, snapshot / rel)
+    (repo / "refs").mkdir(parents=True, exist_ok=True)
+    (repo / "refs" / "main").write_text(commit)
+    return snapshot

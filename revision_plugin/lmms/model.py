@@ -20,8 +20,10 @@ Model arguments (``--model_args k=v,...``):
 ``model_base``   base LLM for projector-only / LoRA checkpoints (LLaVA's ``model_base``)
 ``model_name``   name LLaVA uses to pick its loader (default: the folder name, prefixed
                  with ``llava_`` when it does not contain "llava")
-``conv_template`` LLaVA conversation template (default ``vicuna_v1``; must match the
-                 ``--version`` used in stage 2)
+``conv_template`` LLaVA conversation template. Default: the one the checkpoint was trained
+                 with (``revision_conv_template`` in its ``config.json``, LLaVA's ``--version``);
+                 a different explicit one is used with a warning recorded in the results;
+                 a checkpoint without the key falls back to ``vicuna_v1`` (warning + note)
 ``device``       ``cuda``, ``cuda:N`` or ``cpu`` (default: cuda when available); under
                  ``accelerate launch`` each process uses ``cuda:<local rank>``
 ``device_map``   ``auto`` to shard one model over all visible GPUs instead
@@ -38,8 +40,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -49,72 +49,44 @@ from lmms_eval.utils import Collator
 from tqdm import tqdm
 
 from revision_plugin.errors import BadInputError, RevisionError
+from revision_plugin.lmms.args import (
+    _as_bool,
+    cut_at_stop,
+    resolve_checkpoint,
+    resolve_device,
+    resolve_dtype,
+)
+from revision_plugin.lmms.provenance import (
+    CONV_TEMPLATE_KEY,
+    DEFAULT_CONV_TEMPLATE,
+    checkpoint_conv_template,
+    checkpoint_fingerprint,
+    read_config,
+    tower_summary,
+)
 
 logger = logging.getLogger(__name__)
 
-DTYPES = {"float16": torch.float16, "fp16": torch.float16, "half": torch.float16, "bfloat16": torch.bfloat16,
-          "bf16": torch.bfloat16, "float32": torch.float32, "fp32": torch.float32, "float": torch.float32}
 # generation settings lmms-eval tasks pass that are understood here; anything else is reported once
 _KNOWN_GEN_KWARGS = {"until", "max_new_tokens", "temperature", "top_p", "top_k", "num_beams", "do_sample",
                      "repetition_penalty", "image_aspect_ratio", "max_gen_toks"}
-_UNSET_VAR = re.compile(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)\}?")
+_END = "\x00revision-end-of-continuation\x00"
 
 
-def _as_bool(value: Any) -> bool:
-    if isinstance(value, str):
-        if value.strip().lower() in ("1", "true", "yes", "y", "on"):
-            return True
-        if value.strip().lower() in ("0", "false", "no", "n", "off", ""):
-            return False
-        raise BadInputError(f"revision_llava: expected a boolean, got {value!r}")
-    return bool(value)
-
-
-def resolve_checkpoint(pretrained: Any, what: str = "pretrained") -> Path:
-    """Expand ``~``/``$VAR`` and check the folder exists (start-up check, user-needs #1)."""
-    if pretrained is None or not str(pretrained).strip():
-        raise BadInputError(f"revision_llava: {what}= is required (the checkpoint folder)")
-    text = os.path.expanduser(os.path.expandvars(str(pretrained).strip()))
-    unset = _UNSET_VAR.findall(text)
-    if unset:
-        raise BadInputError(f"revision_llava: {what}={pretrained!r}: environment variable(s) "
-                            f"{', '.join('$' + v for v in unset)} not set")
-    path = Path(text)
-    if not path.is_dir():
-        raise FileNotFoundError(f"revision_llava: {what}={pretrained!r}: no such checkpoint folder ({path})")
-    return path
-
-
-def resolve_device(device: Any) -> str:
-    if device in (None, "", "auto"):
-        return "cuda:0" if torch.cuda.is_available() else "cpu"
-    device = str(device)
-    if device.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise RevisionError(f"revision_llava: device={device} but CUDA is not available (use device=cpu)")
-        return "cuda:0" if device == "cuda" else device
-    if device not in ("cpu", "mps") and not device.startswith(("xpu", "npu")):
-        raise BadInputError(f"revision_llava: unknown device {device!r}")
-    return device
-
-
-def resolve_dtype(dtype: Any, device: str) -> torch.dtype:
-    if dtype in (None, "", "auto"):
-        return torch.float32 if device == "cpu" else torch.float16
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    key = str(dtype).lower().replace("torch.", "")
-    if key not in DTYPES:
-        raise BadInputError(f"revision_llava: dtype={dtype!r}; use one of auto, {', '.join(sorted(set(DTYPES)))}")
-    return DTYPES[key]
-
-
-def cut_at_stop(text: str, until: list[str]) -> str:
-    """Everything before the first stop string (lmms-eval's ``until``)."""
-    for stop in until:
-        if stop:
-            text = text.split(stop, 1)[0]
-    return text
+def choose_conv_template(requested: str | None, from_checkpoint: str | None, known) -> tuple[str, list[str]]:
+    """The template to prompt with, and the warnings to record (see the module doc)."""
+    for name, what in ((requested, "conv_template"), (from_checkpoint, f"the checkpoint's {CONV_TEMPLATE_KEY}")):
+        if name is not None and name not in known:
+            raise BadInputError(f"revision_llava: {what}={name!r} is not one of LLaVA's templates: {', '.join(sorted(known))}")
+    if from_checkpoint is None:
+        used = requested or DEFAULT_CONV_TEMPLATE
+        how = "as given" if requested else "the default"
+        return used, [(f"checkpoint config.json has no {CONV_TEMPLATE_KEY}: prompting with {used} ({how}); "
+                      "it must be the --version the checkpoint was trained with")]
+    if requested is None or requested == from_checkpoint:
+        return from_checkpoint, []
+    return requested, [(f"conv_template={requested} overrides the template the checkpoint was trained with "
+                       f"({from_checkpoint}): prompts are not in the training format")]
 
 
 class RevisionLlava(lmms):
@@ -127,7 +99,7 @@ class RevisionLlava(lmms):
         pretrained: str | None = None,
         model_base: str | None = None,
         model_name: str | None = None,
-        conv_template: str = "vicuna_v1",
+        conv_template: str | None = None,
         device: str | None = None,
         device_map: str | None = None,
         dtype: str | None = "auto",
@@ -160,12 +132,19 @@ class RevisionLlava(lmms):
         if "llava" not in name.lower():
             name = f"llava_{name}"  # LLaVA's loader only builds the vision tower for names with "llava"
 
+        # register() first: it adds the plugin's templates (llama_3) to LLaVA's table
         from llava.conversation import conv_templates
 
-        if conv_template not in conv_templates:
-            raise BadInputError(f"revision_llava: conv_template={conv_template!r} is not one of LLaVA's "
-                                f"templates: {', '.join(sorted(conv_templates))}")
-        self.conv_template = conv_template
+        from revision_plugin.hosts.llava import load_pretrained_model, register
+
+        register()
+        ckpt_config = read_config(checkpoint) if (checkpoint / "config.json").is_file() else {}
+        self.conv_template, self.notes = choose_conv_template(
+            conv_template or None, checkpoint_conv_template(ckpt_config), conv_templates)
+        for note in self.notes:
+            logger.warning("revision_llava: %s", note)
+        self.conv_template_info = {"used": self.conv_template, "checkpoint": checkpoint_conv_template(ckpt_config),
+                                   "requested": conv_template or None}
 
         # data parallel under accelerate launch / torchrun: one process per GPU
         world_size = int(os.environ.get("WORLD_SIZE", "1"))
@@ -180,8 +159,6 @@ class RevisionLlava(lmms):
         else:
             self._device = torch.device(resolve_device(device))
         self._dtype = resolve_dtype(dtype, self._device.type)
-
-        from revision_plugin.hosts.llava import load_pretrained_model
 
         load_kwargs: dict[str, Any] = {}
         if attn_implementation:
@@ -203,12 +180,34 @@ class RevisionLlava(lmms):
             raise RevisionError(f"revision_llava: {checkpoint} loaded without a vision tower; is it a LLaVA checkpoint?")
         if self._tokenizer.pad_token_id is None:
             self._tokenizer.pad_token = self._tokenizer.unk_token or self._tokenizer.eos_token
-        self.checkpoint = checkpoint
+        self.checkpoint = checkpoint.resolve()
+        self.fingerprint = checkpoint_fingerprint(checkpoint)
+        self.tower = tower_summary(ckpt_config)
         self.empty_count = 0
         self.answer_count = 0
+        self.empty_by_task: dict[str, int] = {}
+        self.answers_by_task: dict[str, int] = {}
+        self.prompt_examples: dict[str, str] = {}
         self._warned_gen_kwargs: set[str] = set()
 
+    def provenance(self) -> dict:
+        """What ``revision eval`` records about this model in every results file."""
+        return {"checkpoint": {"path": str(self.checkpoint), "fingerprint": self.fingerprint},
+                "conv_template": dict(self.conv_template_info), "tower": self.tower, "notes": list(self.notes),
+                "empty_answers": dict(self.empty_by_task), "answers": dict(self.answers_by_task),
+                "prompt_examples": dict(self.prompt_examples)}
+
     # ------------------------------------------------------------------ lmms-eval plumbing
+    def clean(self) -> None:
+        """lmms-eval calls this after every ``simple_evaluate`` and its default deletes every
+        ``nn.Module`` attribute; ``revision eval`` runs many tasks on one loaded model, so only
+        the caches are freed here (the model goes when the object does)."""
+        import gc
+
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
     @property
     def model(self):
         return self._model
@@ -250,14 +249,18 @@ class RevisionLlava(lmms):
                                     "only images are supported")
         return [v.convert("RGB") for v in visuals]
 
-    def _prompt(self, context: str, n_images: int, answer: str | None = None) -> str:
+    def _prompt(self, context: str, n_images: int, answer: str | None = None, where: str = "") -> str:
+        """The conversation prompt; ``<image>`` tokens must match the document's images one to one."""
         from llava.constants import DEFAULT_IMAGE_TOKEN
         from llava.conversation import conv_templates
 
-        if n_images and DEFAULT_IMAGE_TOKEN not in context:
+        n_tokens = context.count(DEFAULT_IMAGE_TOKEN)
+        if n_tokens == 0 and n_images:
             context = " ".join([DEFAULT_IMAGE_TOKEN] * n_images) + "\n" + context
-        elif not n_images and DEFAULT_IMAGE_TOKEN in context:
-            context = context.replace(DEFAULT_IMAGE_TOKEN, "").strip()
+        elif n_tokens != n_images:
+            raise BadInputError(f"revision_llava: {where or 'a document'}: the prompt has {n_tokens} {DEFAULT_IMAGE_TOKEN} "
+                                f"token(s) but the document has {n_images} image(s); each {DEFAULT_IMAGE_TOKEN} takes "
+                                "exactly one image (fix the task's doc_to_text / doc_to_visual)")
         conv = conv_templates[self.conv_template].copy()
         conv.append_message(conv.roles[0], context)
         conv.append_message(conv.roles[1], answer)
@@ -323,20 +326,27 @@ class RevisionLlava(lmms):
             contexts, all_gen_kwargs, doc_to_visuals, doc_ids, tasks, splits = zip(*chunk)
             until, settings = self._gen_settings(all_gen_kwargs[0])
             visuals = [self._visuals(d, t, s, i) for d, t, s, i in zip(doc_to_visuals, tasks, splits, doc_ids)]
+            wheres = [f"task {t} doc {i}" for t, i in zip(tasks, doc_ids)]
+            prompts = [self._prompt(c, len(v), where=w) for c, v, w in zip(contexts, visuals, wheres)]
+            for task, prompt in zip(tasks, prompts):
+                self.prompt_examples.setdefault(task, prompt)
             # LLaVA's multimodal merge consumes one image slot per sample, so samples with and
             # without images are generated in separate sub-batches.
             texts: list[str | None] = [None] * len(chunk)
             for with_images in (True, False):
                 index = [i for i, v in enumerate(visuals) if bool(v) == with_images]
                 if index:
-                    answers = self._generate([contexts[i] for i in index], [visuals[i] for i in index], settings)
+                    answers = self._generate([prompts[i] for i in index], [visuals[i] for i in index], settings)
                     for i, answer in zip(index, answers):
                         texts[i] = answer
             for i, text in enumerate(texts):
                 text = cut_at_stop(text or "", until).strip()
                 self.answer_count += 1
+                self.answers_by_task[tasks[i]] = self.answers_by_task.get(tasks[i], 0) + 1
+                self.empty_by_task.setdefault(tasks[i], 0)
                 if not text:
                     self.empty_count += 1
+                    self.empty_by_task[tasks[i]] += 1
                     empty.append(f"{tasks[i]}:{doc_ids[i]}")
                 outputs.append(text)
             bar.update(1)
@@ -349,9 +359,8 @@ class RevisionLlava(lmms):
             logger.warning(message)
         return collator.get_original(outputs)
 
-    def _generate(self, contexts: list[str], visuals: list[list], settings: dict) -> list[str]:
+    def _generate(self, prompts: list[str], visuals: list[list], settings: dict) -> list[str]:
         images = [img for per_doc in visuals for img in per_doc]
-        prompts = [self._prompt(ctx, len(v)) for ctx, v in zip(contexts, visuals)]
         ids = [self._input_ids(p) for p in prompts]
         pad_id = self._tokenizer.pad_token_id
         longest = max(len(x) for x in ids)
@@ -372,32 +381,81 @@ class RevisionLlava(lmms):
             self._config.tokenizer_padding_side = padding_side
         return self._tokenizer.batch_decode(out, skip_special_tokens=True)
 
-    def loglikelihood(self, requests: list[Instance]) -> list[tuple[float, bool]]:
-        """Sum of the continuation's token log-probabilities, and whether greedy decoding yields it."""
-        from llava.constants import IGNORE_INDEX
+    # ------------------------------------------------------------------ loglikelihood
+    def continuation_ids(self, context: str, continuation: str, n_images: int, where: str = "") -> tuple[torch.Tensor, torch.Tensor]:
+        """Token ids of the prompt and of the continuation alone: the answer as the template
+        writes it, *without* the end-of-turn separator that follows it (``</s>``, ``<|eot_id|>``)."""
+        prompt = self._prompt(context, n_images, where=where)
+        full = self._prompt(context, n_images, answer=continuation + _END, where=where)
+        full = full[: full.index(_END)]
+        prompt_ids, full_ids = self._input_ids(prompt), self._input_ids(full)
+        n = len(full_ids) - len(prompt_ids)
+        if n <= 0 or not torch.equal(full_ids[: len(prompt_ids)], prompt_ids):
+            raise RevisionError(f"revision_llava: {where}: the continuation {continuation!r} does not extend the "
+                                f"prompt's tokens under template {self.conv_template}; loglikelihood is undefined")
+        return prompt_ids, full_ids[len(prompt_ids):]
 
-        results = []
-        for req in tqdm(requests, disable=self.rank != 0, desc="revision_llava loglikelihood"):
+    def loglikelihood(self, requests: list[Instance]) -> list[tuple[float, bool]]:
+        """Per request: sum of the continuation's token log-probabilities, and whether greedy
+        decoding yields exactly those tokens. Batched by ``batch_size`` (right padding)."""
+        items = []
+        for req in requests:
             context, target, doc_to_visual, doc_id, task, split = req.args
             continuation = target if isinstance(target, str) else target(self.task_dict[task][split][doc_id])
             visuals = self._visuals(doc_to_visual, task, split, doc_id)
-            context_ids = self._input_ids(self._prompt(context, len(visuals)))
-            full_ids = self._input_ids(self._prompt(context, len(visuals), answer=continuation))
-            n_cont = len(full_ids) - len(context_ids)
-            if n_cont <= 0 or not torch.equal(full_ids[: len(context_ids)], context_ids):
-                raise RevisionError(f"revision_llava: task {task} doc {doc_id}: the continuation does not extend the "
-                                    "prompt's tokens; loglikelihood is undefined for this template")
-            labels = full_ids.clone()
-            labels[: len(context_ids)] = IGNORE_INDEX
-            pixels = self._pixels(visuals)
+            prompt_ids, cont_ids = self.continuation_ids(context, continuation, len(visuals), f"task {task} doc {doc_id}")
+            items.append((prompt_ids, cont_ids, visuals))
+        results: list[tuple[float, bool] | None] = [None] * len(items)
+        order = sorted(range(len(items)), key=lambda i: -(len(items[i][0]) + len(items[i][1])))
+        for with_images in (True, False):  # one image slot per sample in LLaVA's merge (see generate_until)
+            index = [i for i in order if bool(items[i][2]) == with_images]
+            for start in tqdm(range(0, len(index), self.batch_size), disable=self.rank != 0,
+                              desc="revision_llava loglikelihood"):
+                chunk = index[start:start + self.batch_size]
+                for i, result in zip(chunk, self._score([items[i] for i in chunk])):
+                    results[i] = result
+        return results  # type: ignore[return-value]
+
+    def _score(self, batch: list[tuple[torch.Tensor, torch.Tensor, list]]) -> list[tuple[float, bool]]:
+        from llava.constants import IGNORE_INDEX
+
+        ids = [torch.cat([p, c]) for p, c, _ in batch]
+        longest = max(len(x) for x in ids)
+        input_ids = torch.full((len(ids), longest), self._tokenizer.pad_token_id, dtype=torch.long)
+        attention = torch.zeros((len(ids), longest), dtype=torch.long)
+        labels = torch.full((len(ids), longest), IGNORE_INDEX, dtype=torch.long)
+        for row, ((p, c, _), x) in enumerate(zip(batch, ids)):
+            input_ids[row, : len(x)] = x
+            attention[row, : len(x)] = 1
+            labels[row, len(p): len(x)] = c
+        images = [img for _, _, per_doc in batch for img in per_doc]
+        pixels = self._pixels(images)
+        input_ids, attention, labels = (t.to(self._device) for t in (input_ids, attention, labels))
+        padding_side = getattr(self._config, "tokenizer_padding_side", "right")
+        self._config.tokenizer_padding_side = "right"
+        try:
             with torch.inference_mode():
-                out = self._model(input_ids=full_ids[None].to(self._device), labels=labels[None].to(self._device),
-                                  images=pixels, image_sizes=[v.size for v in visuals] if visuals else None)
-            logits = out.logits[0, -n_cont - 1:-1].float()
-            cont = full_ids[-n_cont:].to(logits.device)
-            logprobs = torch.log_softmax(logits, dim=-1).gather(1, cont[:, None]).squeeze(1)
-            results.append((float(logprobs.sum()), bool((logits.argmax(-1) == cont).all())))
-        return results
+                if pixels is None:
+                    logits = self._model(input_ids=input_ids, attention_mask=attention).logits
+                else:  # LLaVA inserts the image features; its labels follow them
+                    _, position_ids, attention, _, embeds, labels = self._model.prepare_inputs_labels_for_multimodal(
+                        input_ids, None, attention, None, labels, pixels, image_sizes=[img.size for img in images])
+                    logits = self._model(inputs_embeds=embeds, attention_mask=attention, position_ids=position_ids).logits
+        finally:
+            self._config.tokenizer_padding_side = padding_side
+        out = []
+        for row in range(len(batch)):
+            target = labels[row, 1:]
+            mask = target != IGNORE_INDEX
+            row_logits = logits[row, :-1][mask].float()
+            tokens = target[mask]
+            logprobs = torch.log_softmax(row_logits, dim=-1).gather(1, tokens[:, None]).squeeze(1)
+            out.append((float(logprobs.sum()), bool((row_logits.argmax(-1) == tokens).all())))
+        return out
 
     def generate_until_multi_round(self, requests) -> list[str]:
         raise NotImplementedError("revision_llava: multi-round generation is not supported")
+
+
+__all__ = ["RevisionLlava", "choose_conv_template", "cut_at_stop", "resolve_checkpoint", "resolve_device",
+           "resolve_dtype"]

@@ -1,0 +1,189 @@
+"""``revision compare`` command: result folders → table, or ``--pending`` for a suite config."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from revision_plugin.compare.benchmarks import DEFAULT_MME, DEFAULT_MMMU, MME_CHOICES
+from revision_plugin.compare.cost import (
+    PAPER_PRICE_IN,
+    PAPER_PRICE_OUT,
+    TokenCount,
+    count_training_tokens,
+    parse_token_amount,
+)
+from revision_plugin.compare.runs import Run, load_run, unique_labels
+from revision_plugin.compare.suite import MMMU_VARIANTS
+from revision_plugin.compare.table import compare
+from revision_plugin.errors import BadInputError, RevisionError
+
+
+def _entry_checkpoint(entry: dict, source: Path, index: int) -> Path:
+    from revision_plugin.lmms.args import parse_model_args, resolve_checkpoint
+
+    pretrained = parse_model_args(str(entry.get("model_args") or "")).get("pretrained")
+    try:
+        return resolve_checkpoint(pretrained)
+    except (RevisionError, FileNotFoundError) as err:
+        raise RevisionError(f"{source}: entry {index}: cannot check which checkpoint its results belong to ({err})") from err
+
+
+def pending_entries(config: str | Path, output_path: str | Path | None = None) -> tuple[list[dict], list[dict]]:
+    """Split an lmms-eval ``--config`` file into (done, pending) entries.
+
+    An entry is done when its ``output_path`` (or ``output_path`` given here, as on lmms-eval's
+    command line) holds a results file with every task it names, run without ``--limit``,
+    whose recorded checkpoint fingerprint is the fingerprint of the entry's ``pretrained=``
+    checkpoint now (results without a fingerprint, e.g. from the plain ``lmms-eval`` command,
+    cannot be attributed and stay pending). Lets a crashed or interrupted suite resume without
+    re-running finished benchmarks.
+    """
+    import yaml
+
+    from revision_plugin.lmms.provenance import checkpoint_fingerprint
+
+    path = Path(config)
+    try:
+        entries = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as err:
+        raise BadInputError(f"{path}: not a readable lmms-eval config ({err})") from err
+    entries = [entries] if isinstance(entries, dict) else entries
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise BadInputError(f"{path}: expected a mapping or a list of mappings (lmms-eval --config format)")
+    runs: dict[str, Run | None] = {}
+    fingerprints: dict[Path, str] = {}
+    done, pending = [], []
+    for index, entry in enumerate(entries):
+        out = str(output_path or entry.get("output_path") or "")
+        tasks = [t.strip() for t in str(entry.get("tasks") or "").split(",") if t.strip()]
+        if not out or not tasks:
+            raise BadInputError(f"{path}: entry {index} needs 'tasks' and 'output_path' (or pass --output-path)")
+        if out not in runs:
+            try:
+                runs[out] = load_run(out, check_checkpoint=False)
+            except (FileNotFoundError, RevisionError):
+                runs[out] = None
+        run = runs[out]
+        finished = run is not None and all(t in run.results and run.source[t] not in run.limits for t in tasks)
+        if finished:
+            ckpt = _entry_checkpoint(entry, path, index)
+            if ckpt not in fingerprints:
+                fingerprints[ckpt] = checkpoint_fingerprint(ckpt)
+            finished = all((run.task_provenance(t).get("checkpoint") or {}).get("fingerprint") == fingerprints[ckpt]
+                           for t in tasks)
+        (done if finished else pending).append(entry)
+    return done, pending
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("runs", nargs="*", type=Path, metavar="RUN",
+                        help="lmms-eval output folder (searched recursively for *_results.json) or one results "
+                             "file; one per method")
+    parser.add_argument("--label", action="append", default=None, metavar="NAME",
+                        help="method name for each RUN, in order (default: the folder name)")
+    parser.add_argument("--out", action="append", type=Path, default=[], metavar="FILE",
+                        help="write the table; format from the suffix: .md, .csv, .json, .png (repeatable)")
+    parser.add_argument("--require-all", action="store_true",
+                        help="exit with an error if any run misses any of the 11 benchmarks")
+    parser.add_argument("--decimals", type=int, default=2)
+    parser.add_argument("--mme", choices=sorted(MME_CHOICES), default=DEFAULT_MME,
+                        help="what the MME column is (default acc: per-question accuracy; see eval/README.md)")
+    parser.add_argument("--mmmu", choices=sorted(MMMU_VARIANTS), default=DEFAULT_MMMU,
+                        help="which MMMU/MMMU-Pro variant the columns read first (standard | single)")
+    resume = parser.add_argument_group("resume a suite (instead of a table)")
+    resume.add_argument("--pending", type=Path, metavar="CONFIG",
+                        help="list the entries of an lmms-eval --config file whose results are not there yet")
+    resume.add_argument("--output-path", default=None, metavar="DIR",
+                        help="with --pending: the --output_path given to lmms-eval, if any")
+    resume.add_argument("--write-config", type=Path, default=None, metavar="FILE",
+                        help="with --pending: write the unfinished entries as a new --config file")
+    cost = parser.add_argument_group("cost column (paper app. H.4)")
+    cost.add_argument("--tokens", action="append", default=[], metavar="LABEL=IN,OUT",
+                      help="data-acquisition token counts of a method, e.g. 'ReVision=11.64M,16.15M'")
+    cost.add_argument("--train-json", action="append", default=[], metavar="LABEL=FILE[,FILE]",
+                      help="count the tokens of a method's training json(s) (LLaVA format) with --tokenizer")
+    cost.add_argument("--tokenizer", default=None, help="tokenizer (folder or hub id) of the model, for --train-json")
+    cost.add_argument("--image-tokens", type=int, default=0,
+                      help="input tokens charged per <image> in --train-json (default 0)")
+    cost.add_argument("--price-in", type=float, default=PAPER_PRICE_IN, help="USD per million input tokens (default 1.25)")
+    cost.add_argument("--price-out", type=float, default=PAPER_PRICE_OUT,
+                      help="USD per million output tokens (default 10.00)")
+    cost.add_argument("--cost-baseline", default=None, metavar="LABEL",
+                      help="method whose cost is 1.00 (the paired 'w/ image' run)")
+
+
+def _split_assignment(text: str, option: str) -> tuple[str, str]:
+    label, sep, value = text.rpartition("=")
+    if not sep or not label or not value:
+        raise RevisionError(f"{option} {text!r}: expected LABEL=VALUE")
+    return label, value
+
+
+def _load_tokenizer(name: str):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(name)
+
+
+def _run_pending(args: argparse.Namespace) -> int:
+    import yaml
+
+    done, pending = pending_entries(args.pending, args.output_path)
+    print(f"{args.pending}: {len(done)} entries finished, {len(pending)} to run")
+    for entry in pending:
+        print(f"  pending: {entry.get('tasks')} -> {args.output_path or entry.get('output_path')}")
+    if args.write_config is not None:
+        args.write_config.parent.mkdir(parents=True, exist_ok=True)
+        args.write_config.write_text(yaml.safe_dump(pending, sort_keys=False, width=200) if pending else "[]\n",
+                                     encoding="utf-8")
+        print(f"wrote {args.write_config}" + ("" if pending else " (nothing left to run)"))
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.pending is not None:
+        if args.runs:
+            raise RevisionError("--pending takes a config file, not RUN folders")
+        return _run_pending(args)
+    if not args.runs:
+        raise RevisionError("give at least one RUN folder (or --pending CONFIG)")
+    if args.label is not None and len(args.label) != len(args.runs):
+        raise RevisionError(f"--label given {len(args.label)} times for {len(args.runs)} runs")
+    labels = args.label or unique_labels(args.runs)
+    runs = [load_run(path, label) for path, label in zip(args.runs, labels)]
+
+    tokens: dict[str, TokenCount] = {}
+    for item in args.tokens:
+        label, value = _split_assignment(item, "--tokens")
+        parts = value.split(",")
+        if len(parts) != 2:
+            raise RevisionError(f"--tokens {item!r}: expected LABEL=IN,OUT")
+        tokens[label] = TokenCount(parse_token_amount(parts[0]), parse_token_amount(parts[1]), origin="--tokens")
+    if args.train_json:
+        if not args.tokenizer:
+            raise RevisionError("--train-json needs --tokenizer (the model's tokenizer)")
+        tokenizer = _load_tokenizer(args.tokenizer)
+        for item in args.train_json:
+            label, value = _split_assignment(item, "--train-json")
+            paths = [Path(p) for p in value.split(",")]
+            for p in paths:
+                if not p.is_file():
+                    raise FileNotFoundError(f"--train-json {label}: no such file: {p}")
+            if label in tokens:
+                raise RevisionError(f"{label}: both --tokens and --train-json given")
+            tokens[label] = count_training_tokens(paths, tokenizer, image_tokens=args.image_tokens)
+
+    table = compare(runs, tokens=tokens, cost_baseline=args.cost_baseline, price_in=args.price_in,
+                    price_out=args.price_out, decimals=args.decimals,
+                    mme=args.mme, mmmu=args.mmmu)
+    print(table.to_markdown())
+    for out in args.out:
+        table.write(out)
+        print(f"wrote {out}")
+    if args.require_all:
+        gaps = {row.label: [k for k, v in row.values.items() if v is None] for row in table.rows}
+        gaps = {k: v for k, v in gaps.items() if v}
+        if gaps:
+            raise RevisionError("missing benchmarks: " + "; ".join(f"{k}: {', '.join(v)}" for k, v in gaps.items()))
+    return 0

@@ -1,0 +1,209 @@
+"""``revision eval``: the suite, task by task, through lmms-eval's own ``simple_evaluate``.
+
+    revision eval --pretrained CKPT --output-path eval_out/realign [--suite full|quick|smoke]
+                  [--tasks a,b] [--mmmu standard|single] [--batch-size 8] [--offline]
+    revision eval prefetch [--suite full] [--dry-run]        (on a machine with internet)
+
+Thin on purpose: lmms-eval builds the tasks, prompts, scores and writes the results file
+(its ``EvaluationTracker``); this loop adds what its command line lacks: the model is loaded
+once and checked before anything runs; every task gets its own results file as soon as it
+finishes, with provenance (real package versions, checkpoint path + fingerprint, tower,
+template, judge, empty answers); tasks already finished for the *same checkpoint
+fingerprint* are skipped; a task that raises, or ends without a numeric metric or a results
+file, is a failure; the exit status is 1 when any task failed; a summary table ends the run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+from revision_plugin.compare.runs import load_run
+from revision_plugin.compare.suite import SUITES, judge_of, suite_tasks
+from revision_plugin.errors import RevisionError
+from revision_plugin.lmms import datasets as suite_data
+from revision_plugin.lmms.args import parse_model_args, resolve_checkpoint
+from revision_plugin.lmms.provenance import (
+    PROVENANCE_FORMAT,
+    RESULTS_KEY,
+    package_versions,
+)
+
+logger = logging.getLogger(__name__)
+EVAL_TASKS_DIR = Path(__file__).resolve().parents[2] / "eval" / "tasks"  # in a source checkout
+
+
+@dataclass
+class Outcome:
+    task: str
+    status: str  # ok | skipped | failed
+    detail: str = ""
+    file: Path | None = None
+
+
+def finished_tasks(output_path: Path, fingerprint: str) -> dict[str, Path]:
+    """Tasks with a full (no --limit) result for this checkpoint fingerprint under ``output_path``."""
+    try:
+        run = load_run(output_path, check_checkpoint=False)
+    except (FileNotFoundError, RevisionError):
+        return {}
+    return {task: file for task, file in run.source.items() if file not in run.limits
+            and (run.provenance.get(file, {}).get("checkpoint") or {}).get("fingerprint") == fingerprint}
+
+
+def _first_metric(metrics: dict) -> tuple[str, float] | None:
+    for key, value in metrics.items():
+        if "_stderr" in key or key == "alias" or isinstance(value, bool):
+            continue
+        if isinstance(value, (int, float)) and math.isfinite(value):
+            return key, float(value)
+    return None
+
+
+def task_spec(task: str, data: dict[str, str], snapshots: dict[str, Path]) -> str | dict:
+    """The ``simple_evaluate(tasks=[...])`` entry: the task itself, or the task on local data
+    (``--data``) / on its offline snapshot, overriding only the data source."""
+    if task in data:
+        path = Path(data[task]).resolve()
+        kind = "json" if path.suffix in (".json", ".jsonl") else "parquet"
+        return {"task": task, "dataset_path": kind, "dataset_name": None,
+                "dataset_kwargs": {"data_files": {"test": str(path)}}, "test_split": "test"}
+    if task in snapshots:
+        return {"task": task, "dataset_path": str(snapshots[task])}
+    return task
+
+
+def _provenance(lm, task: str, versions: dict) -> dict:
+    prov = lm.provenance()
+    return {"format": PROVENANCE_FORMAT, "versions": versions, "checkpoint": prov["checkpoint"],
+            "conv_template": prov["conv_template"], "tower": prov["tower"], "notes": prov["notes"],
+            "tasks": {task: {"judge": judge_of(task), "empty_answers": prov["empty_answers"].get(task, 0),
+                             "answers": prov["answers"].get(task, 0),
+                             "prompt_example": prov["prompt_examples"].get(task)}}}
+
+
+def run_task(lm, task: str, spec, *, task_manager, output_path: Path, model_args: str, stamp: str,
+             limit, log_samples: bool, versions: dict) -> Outcome:
+    from lmms_eval.evaluator import simple_evaluate
+    from lmms_eval.loggers import EvaluationTracker
+
+    tracker = EvaluationTracker(output_path=str(output_path))
+    results = simple_evaluate(model=lm, model_args=model_args, tasks=[spec], task_manager=task_manager, limit=limit,
+                              log_samples=log_samples, evaluation_tracker=tracker, verbosity="WARNING",
+                              datetime_str=stamp, bootstrap_iters=0)
+    if not results or task not in (results.get("results") or {}):
+        raise RevisionError(f"lmms-eval returned no results for {task}")
+    metric = _first_metric(results["results"][task])
+    if metric is None:
+        raise RevisionError(f"{task}: no numeric metric in lmms-eval's results ({sorted(results['results'][task])})")
+    results[RESULTS_KEY] = _provenance(lm, task, versions)
+    samples = results.pop("samples", None)
+    tracker.save_results_aggregated(results=results, samples=samples if log_samples else None, datetime_str=stamp)
+    if log_samples and samples and task in samples:
+        tracker.save_results_samples(task_name=task, samples=samples[task])
+    files = sorted(output_path.rglob(f"{stamp}_results.json"))
+    if not files:
+        raise RevisionError(f"{task}: lmms-eval wrote no results file under {output_path}")
+    return Outcome(task, "ok", f"{metric[0]} = {metric[1]:.4f}", files[-1])
+
+
+def run_suite(args: argparse.Namespace) -> list[Outcome]:
+    from lmms_eval.models import get_model
+    from lmms_eval.tasks import TaskManager
+    from lmms_eval.utils import get_datetime_str
+
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else list(
+        suite_tasks(args.mmmu) if args.suite == "full" else SUITES[args.suite])
+    data = dict(_assignment(item, "--data") for item in args.data)
+    unknown = sorted(set(data) - set(tasks))
+    if unknown:
+        raise RevisionError(f"--data given for tasks not in this run: {unknown}")
+    snapshots: dict[str, Path] = {}
+    if args.offline:
+        suite_data.go_offline()
+        snapshots = suite_data.offline_snapshots([t for t in tasks if t not in data])
+    checkpoint = resolve_checkpoint(args.pretrained)
+    extra = parse_model_args(args.model_args)
+    if "pretrained" in extra:
+        raise RevisionError("give the checkpoint with --pretrained, not in --model-args")
+    model_args = ",".join([f"pretrained={checkpoint.resolve()}", *(f"{k}={v}" for k, v in extra.items())])
+    include = [str(p) for p in (args.include_path or [])] or ([str(EVAL_TASKS_DIR)] if EVAL_TASKS_DIR.is_dir() else [])
+    task_manager = TaskManager("WARNING", include_path=include or None)
+    lm = get_model("revision_llava").create_from_arg_string(model_args, {"batch_size": args.batch_size})
+    output_path = Path(args.output_path)
+    done = {} if args.force else finished_tasks(output_path, lm.fingerprint)
+    versions = package_versions()
+    base = get_datetime_str()
+    outcomes = []
+    for index, task in enumerate(tasks):
+        if task in done:
+            outcomes.append(Outcome(task, "skipped", "finished for this checkpoint", done[task]))
+            continue
+        logger.info("revision eval: %s (%d/%d)", task, index + 1, len(tasks))
+        try:
+            outcomes.append(run_task(lm, task, task_spec(task, data, snapshots), task_manager=task_manager,
+                                     output_path=output_path, model_args=model_args, stamp=f"{base}_{index:02d}",
+                                     limit=args.limit, log_samples=args.log_samples, versions=versions))
+        except Exception as err:  # noqa: BLE001 - one task's failure must not hide the others; reported, counted, exit 1
+            logger.debug("revision eval: %s failed:\n%s", task, traceback.format_exc())
+            message = " ".join(str(err).split()) or type(err).__name__
+            logger.error("revision eval: %s failed: %s: %s", task, type(err).__name__, message)
+            outcomes.append(Outcome(task, "failed", f"{type(err).__name__}: {message}"[:300]))
+    return outcomes
+
+
+def summary(outcomes: list[Outcome]) -> str:
+    lines = ["| task | status | result |", "|---|---|---|"]
+    lines += [f"| {o.task} | {o.status} | {o.detail} |" for o in outcomes]
+    n_failed = sum(o.status == "failed" for o in outcomes)
+    lines.append(f"\n{len(outcomes)} task(s): {sum(o.status == 'ok' for o in outcomes)} ok, "
+                 f"{sum(o.status == 'skipped' for o in outcomes)} skipped, {n_failed} failed")
+    return "\n".join(lines)
+
+
+def _assignment(text: str, option: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key or not value:
+        raise RevisionError(f"{option} {text!r}: expected TASK=FILE")
+    return key, value
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("action", nargs="?", choices=("run", "prefetch"), default="run",
+                        help="run (default): evaluate; prefetch: download the suite's datasets (needs internet)")
+    parser.add_argument("--pretrained", help="checkpoint folder ($VAR and ~ expanded)")
+    parser.add_argument("--output-path", type=Path, help="results folder (one *_results.json per task)")
+    parser.add_argument("--suite", choices=sorted(SUITES), default="full", help="task list (default full)")
+    parser.add_argument("--tasks", default=None, help="comma-separated task names instead of --suite")
+    parser.add_argument("--mmmu", choices=("standard", "single"), default="standard",
+                        help="MMMU/MMMU-Pro variant of the full suite (see eval/README.md)")
+    parser.add_argument("--batch-size", type=int, default=1)
+    parser.add_argument("--model-args", default="", help="more revision_llava model args, k=v,... (dtype, device, ...)")
+    parser.add_argument("--include-path", action="append", type=Path, default=None,
+                        help="task folder(s) (default: the checkout's eval/tasks)")
+    parser.add_argument("--data", action="append", default=[], metavar="TASK=FILE",
+                        help="run TASK on a local parquet/json(l) file (its test split) instead of its hub dataset")
+    parser.add_argument("--limit", type=int, default=None, help="first N docs per task (results marked limited)")
+    parser.add_argument("--log-samples", action="store_true", help="also write per-sample jsonl files")
+    parser.add_argument("--force", action="store_true", help="re-run tasks already finished for this checkpoint")
+    parser.add_argument("--offline", action="store_true",
+                        help="no network: HF_HUB_OFFLINE/HF_DATASETS_OFFLINE, datasets from the HF cache (prefetch)")
+    parser.add_argument("--dry-run", action="store_true", help="prefetch: list what would be downloaded")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.action == "prefetch":
+        tasks = [t.strip() for t in args.tasks.split(",")] if args.tasks else [
+            *suite_tasks("standard"), *suite_tasks("single")]
+        for key, info in suite_data.prefetch(tasks, dry_run=args.dry_run).items():
+            print(f"{key}: {info.get('commit', '(dry run)')}  <- {', '.join(info['tasks'])}")
+        return 0
+    if not args.pretrained or not args.output_path:
+        raise RevisionError("revision eval needs --pretrained CKPT and --output-path DIR")
+    outcomes = run_suite(args)
+    print(summary(outcomes))
+    return 1 if any(o.status == "failed" for o in outcomes) else 0
