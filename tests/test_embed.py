@@ -13,10 +13,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from encoder_fixtures import one_thread, tiny_clip_dir  # noqa: F401  (fixtures)
 from revision_plugin.cli import main
 from revision_plugin.encoders import load_encoder
 from revision_plugin.store import open_store
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 WORDS = "a photo of the cat dog on in with and man red".split()
 

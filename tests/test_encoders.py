@@ -6,9 +6,10 @@ import pytest
 import torch
 from PIL import Image
 
-from encoder_fixtures import one_thread, tiny_clip_dir  # noqa: F401  (fixtures)
 from revision_plugin.encoders import load_encoder
 from revision_plugin.errors import RevisionError
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 TEXTS = ["a photo of a cat", "dog", "héllo wörld 🙂, a much longer sentence with the red man and a dog on a mat"]
 

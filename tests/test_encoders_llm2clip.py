@@ -9,13 +9,14 @@ import pytest
 import torch
 from PIL import Image
 
-from encoder_fixtures import one_thread  # noqa: F401  (fixtures)
 from revision_plugin.cli import main
 from revision_plugin.encoders import load_encoder
 from revision_plugin.encoders.llm2vec_text import LLM2VecTextModel
 from revision_plugin.errors import RevisionError
 from revision_plugin.store import open_store
 from revision_plugin.testing.tiny_llm2clip import build_tiny_llm2clip
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 TEXTS = [
     "a photo of the cat",
