@@ -264,7 +264,7 @@ def resolve_tower_config(config: TowerConfig) -> TowerConfig:
             sources.append((f"{key} {store_dir}", manifest.get("encoder_id"), manifest.get("dim")))
     encoder_id, dim = config.encoder_id, config.dim
     described = [("tower config", config.encoder_id, config.dim)] + sources
-    for name, eid, d in sources:
+    for _name, eid, d in sources:
         if eid is not None:
             if encoder_id is not None and eid != encoder_id:
                 raise ArtifactMismatchError(_mismatch("encoder", described, 1))

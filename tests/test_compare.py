@@ -108,7 +108,7 @@ def write_results(folder: Path, tasks: dict[str, dict], *, date: str = "20260101
 
 def paper_runs(tmp_path: Path, table: dict, split_files: bool = True) -> list[Path]:
     folders = []
-    for i, (name, (values, _)) in enumerate(table.items()):
+    for i, (_name, (values, _)) in enumerate(table.items()):
         folder = tmp_path / f"run{i}"
         tasks = raw_results(dict(zip(BENCHMARK_KEYS, values)))
         if split_files:  # one file per task, as eval/runs/*.yaml produce them
@@ -197,7 +197,7 @@ def test_missing_benchmarks_are_missing_never_zero(tmp_path, capsys):
     assert row.avg_present == pytest.approx(sum(present) / 8)
     md = table.to_markdown()
     assert f"| {row.avg_present:.2f} (8/11) |" in md
-    line = next(l for l in md.splitlines() if l.startswith("| partial |"))
+    line = next(row for row in md.splitlines() if row.startswith("| partial |"))
     assert line.count("–") == 3 and "0.00" not in line
     csv_row = next(csv.DictReader(io.StringIO(table.to_csv())))
     assert csv_row["VisuLogic"] == "" and csv_row["avg"] == "" and csv_row["n_present"] == "8"
@@ -293,7 +293,7 @@ def test_cost_column_reproduces_table2(tmp_path):
     md = (tmp_path / "t.md").read_text()
     assert "**Cost ↓**" in md
     for name, cost in (("Unicorn", "3.98"), ("ReVision*", "0.37"), ("w/. Image", "1.00"), ("ReVision-2M", "0.74")):
-        line = next(l for l in md.splitlines() if l.startswith(f"| {name} |"))
+        line = next(row for row in md.splitlines() if row.startswith(f"| {name} |"))
         assert line.endswith(f"| {cost} |"), line
     # a missing baseline or unknown label is refused
     assert main(["compare", *map(str, folders[:1]), "--tokens", "run0=1M,1M"]) == 2

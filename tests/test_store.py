@@ -60,8 +60,8 @@ def test_chunks_cross_shards_and_shard_views(store_dir):
 
 
 def test_fit_operator_reads_store_directories(tmp_path):
-    from revision_plugin.align import base  # noqa: F401 - registers operators
     import revision_plugin.align  # noqa: F401
+    from revision_plugin.align import base  # noqa: F401 - registers operators
     from revision_plugin.align.base import fit_operator
 
     text, image = unit_rows(400, seed=1) + 0.3, unit_rows(500, seed=2)

@@ -16,10 +16,11 @@ import json
 import logging
 import math
 import re
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Iterator
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -41,10 +42,10 @@ FORMAT_VERSION = 1
 MIN_TRACE = 1e-9
 
 _NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]*$")
-OPERATOR_REGISTRY: dict[str, type["Operator"]] = {}
+OPERATOR_REGISTRY: dict[str, type[Operator]] = {}
 
 
-def register_operator(cls: type["Operator"]) -> type["Operator"]:
+def register_operator(cls: type[Operator]) -> type[Operator]:
     """Class decorator: register ``cls`` under ``cls.method`` (lowercase, unique)."""
     name = getattr(cls, "method", None)
     if not isinstance(name, str) or not _NAME_PATTERN.match(name):
@@ -60,7 +61,7 @@ def register_operator(cls: type["Operator"]) -> type["Operator"]:
     return cls
 
 
-def get_operator_class(method: str) -> type["Operator"]:
+def get_operator_class(method: str) -> type[Operator]:
     try:
         return OPERATOR_REGISTRY[method]
     except KeyError:
@@ -235,7 +236,7 @@ class Operator(torch.nn.Module):
 
     # --- fitting -----------------------------------------------------------------------
     @classmethod
-    def fit(cls, text: ChunkSource, image: ChunkSource, ctx: FitContext, **options: Any) -> "Operator":
+    def fit(cls, text: ChunkSource, image: ChunkSource, ctx: FitContext, **options: Any) -> Operator:
         raise NotImplementedError
 
     @classmethod
@@ -249,7 +250,7 @@ class Operator(torch.nn.Module):
         )
 
     @classmethod
-    def fit_two_means(cls, text: ChunkSource, image: ChunkSource, ctx: FitContext, options: dict[str, Any]) -> "Operator":
+    def fit_two_means(cls, text: ChunkSource, image: ChunkSource, ctx: FitContext, options: dict[str, Any]) -> Operator:
         """Fit for methods whose only statistics are the two means (``mu_text``, ``mu_image``)."""
         options = cls.check_options(options)
         text_stats = ctx.moments(text, f"{cls.method}: text")

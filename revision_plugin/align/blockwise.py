@@ -54,7 +54,7 @@ class Blockwise(Operator):
     option_specs: ClassVar[dict[str, Opt]] = {"energy": Opt(float, 0.0, 1.0, low_open=True), "shrinkage": Opt(float, 0.0, 1.0)}
 
     @classmethod
-    def fit(cls, text: ChunkSource, image: ChunkSource, ctx: FitContext, **options) -> "Blockwise":
+    def fit(cls, text: ChunkSource, image: ChunkSource, ctx: FitContext, **options) -> Blockwise:
         options = cls.check_options(options)
         if text.dim < 2:
             raise BadInputError(f"{text.name}: dim {text.dim}; the blockwise U ⊕ V frame needs dim ≥ 2")

@@ -39,7 +39,7 @@ class C3(Operator):
         self._generators: dict[torch.device, torch.Generator] = {}
 
     @classmethod
-    def fit(cls, text: ChunkSource, image: ChunkSource, ctx: FitContext, **options) -> "C3":
+    def fit(cls, text: ChunkSource, image: ChunkSource, ctx: FitContext, **options) -> C3:
         return cls.fit_two_means(text, image, ctx, options)
 
     def _generator(self, device: torch.device) -> torch.Generator | None:

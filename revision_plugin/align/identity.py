@@ -13,7 +13,7 @@ class Identity(Operator):
     method = "identity"
 
     @classmethod
-    def fit(cls, text: ChunkSource, image: ChunkSource, ctx: FitContext, **options) -> "Identity":
+    def fit(cls, text: ChunkSource, image: ChunkSource, ctx: FitContext, **options) -> Identity:
         # The pass validates the data and records counts and a fingerprint like every method.
         text_stats = ctx.moments(text, "identity: text")
         image_stats = ctx.moments(image, "identity: image")

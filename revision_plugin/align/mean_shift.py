@@ -30,7 +30,7 @@ class MeanShift(Operator):
     option_specs: ClassVar[dict[str, Opt]] = {"add_image_mean": Opt(bool), "renormalize": Opt(bool)}
 
     @classmethod
-    def fit(cls, text: ChunkSource, image: ChunkSource, ctx: FitContext, **options) -> "MeanShift":
+    def fit(cls, text: ChunkSource, image: ChunkSource, ctx: FitContext, **options) -> MeanShift:
         return cls.fit_two_means(text, image, ctx, options)
 
     def transform(self, u: torch.Tensor) -> torch.Tensor:

@@ -39,7 +39,7 @@ class ReAlign(Operator):
     option_specs: ClassVar[dict[str, Opt]] = {"centroid_iters": Opt(int, 0, MAX_CENTROID_ITERS), "eps": Opt(float, 0.0, 1e-3)}
 
     @classmethod
-    def fit(cls, text: ChunkSource, image: ChunkSource, ctx: FitContext, **options) -> "ReAlign":
+    def fit(cls, text: ChunkSource, image: ChunkSource, ctx: FitContext, **options) -> ReAlign:
         options = cls.check_options(options)
         iters = options["centroid_iters"]
         text_stats = ctx.moments(text, "realign: text moments")

@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import mmap
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
@@ -35,7 +36,7 @@ class ChunkSource(Protocol):
 
     def chunks(self, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> Iterator[tuple[int, np.ndarray]]: ...
 
-    def shard(self, rank: int, world_size: int) -> "ChunkSource": ...
+    def shard(self, rank: int, world_size: int) -> ChunkSource: ...
 
 
 def shard_bounds(num_rows: int, rank: int, world_size: int) -> tuple[int, int]:
@@ -123,7 +124,7 @@ class NpySource:
             mapped.madvise(mmap.MADV_DONTNEED, begin - begin % page, end - (begin - begin % page))
         # The map closes when the last view into it (possibly held by the caller) is released.
 
-    def shard(self, rank: int, world_size: int) -> "NpySource":
+    def shard(self, rank: int, world_size: int) -> NpySource:
         lo, hi = shard_bounds(self.num_rows, rank, world_size)
         return NpySource(self.path, self.start + lo, self.start + hi, self.encoder_id)
 
@@ -157,7 +158,7 @@ class ArraySource:
         for lo in range(0, self.num_rows, chunk_rows):
             yield self.first_row + lo, self.array[lo : lo + chunk_rows]
 
-    def shard(self, rank: int, world_size: int) -> "ArraySource":
+    def shard(self, rank: int, world_size: int) -> ArraySource:
         lo, hi = shard_bounds(self.num_rows, rank, world_size)
         return ArraySource(self.array[lo:hi], self.name, self.encoder_id, self.first_row + lo)
 

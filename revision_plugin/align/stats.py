@@ -9,9 +9,9 @@ rows are processed in cache-sized float64 blocks so memory never depends on N.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -102,7 +102,7 @@ class MomentStats:
             self.sum = torch.zeros(self.dim, dtype=torch.float64)
 
     @classmethod
-    def empty(cls, dim: int, second_moment: bool = False) -> "MomentStats":
+    def empty(cls, dim: int, second_moment: bool = False) -> MomentStats:
         outer = torch.zeros(dim, dim, dtype=torch.float64) if second_moment else None
         return cls(dim=dim, outer=outer)
 
@@ -115,7 +115,7 @@ class MomentStats:
             unit = x * inv_norm[:, None]
             self.outer += unit.T @ unit
 
-    def merge(self, other: "MomentStats") -> "MomentStats":
+    def merge(self, other: MomentStats) -> MomentStats:
         if other.dim != self.dim:
             raise BadInputError(f"cannot merge stats of dim {other.dim} into dim {self.dim}")
         if (self.outer is None) != (other.outer is None):
@@ -124,7 +124,7 @@ class MomentStats:
         return MomentStats(self.dim, self.count + other.count, self.sum + other.sum,
                            self.sq_norm + other.sq_norm, outer)
 
-    def all_reduce(self) -> "MomentStats":
+    def all_reduce(self) -> MomentStats:
         """Sum over torch.distributed ranks (no-op outside a process group)."""
         if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
             return self
@@ -162,7 +162,7 @@ class MomentStats:
         save_file(tensors, str(path), metadata={"format": "revision-moment-stats", "dim": str(self.dim)})
 
     @classmethod
-    def load(cls, path: str | Path) -> "MomentStats":
+    def load(cls, path: str | Path) -> MomentStats:
         try:
             tensors = load_file(str(path))
         except Exception as err:  # safetensors raises its own error type for bad files

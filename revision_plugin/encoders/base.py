@@ -8,9 +8,8 @@ operator, so embeddings of different models are never mixed.
 from __future__ import annotations
 
 import logging
-import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 

@@ -7,8 +7,8 @@ Used by the tests and the embedded default with tiny locally saved models
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 

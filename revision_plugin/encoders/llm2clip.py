@@ -16,8 +16,8 @@ encoded, so an image-only run never needs its 16 GB.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 

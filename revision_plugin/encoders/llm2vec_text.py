@@ -25,8 +25,8 @@ The mean is taken in float32 (LLM2Vec: in the model dtype, then cast to float32)
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 

@@ -126,7 +126,7 @@ def tyler_shape(
     v = v / np.linalg.norm(v, axis=1, keepdims=True)  # scale-free: only directions matter
     shape = np.eye(p)
     converged, iteration = False, 0
-    for iteration in range(1, max_iter + 1):
+    for iteration in range(1, max_iter + 1):  # noqa: B007  (reported after the loop)
         chol = np.linalg.cholesky(shape)
         w = np.linalg.solve(chol, v.T)  # L⁻¹ vᵢ; vᵢᵀ Σ⁻¹ vᵢ = ‖L⁻¹ vᵢ‖²
         quad = np.einsum("ij,ij->j", w, w)

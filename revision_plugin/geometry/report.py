@@ -328,7 +328,7 @@ def build_report(
                       "gap_fit_split": gm.modality_gap(text_fit, image_fit) if holdout else None})
     report["operators"][RAW] = raw_entry
     outputs[RAW] = (text_eval.astype(np.float64), image_eval.astype(np.float64))
-    for label, (op, source, refit) in variants.items():
+    for label, (op, source, _refit) in variants.items():
         t_out, i_out = _apply(op, text_eval, image_eval, seed)
         entry, curves[label] = _measure(t_out, i_out, text_eval, raw_neighbours, image_trace, seed, max_points,
                                         cosine_pairs)
@@ -427,7 +427,7 @@ def _sample_complexity(variants, text_fit, image_fit, text_eval, image_eval, siz
         return {"skipped": f"fit split too small ({limit} rows) for the requested sizes"}
     result: dict[str, Any] = {"sizes": sizes, "seeds": int(seeds), "measured_on": "held-out split",
                               "operator_mode": "train", "methods": {}}
-    for label, (op, _, refit) in variants.items():
+    for label, (_op, _, refit) in variants.items():
         if refit["method"] == "identity":
             continue
         gaps = np.zeros((len(sizes), seeds))

@@ -84,7 +84,7 @@ def acquire(store_dir: Path) -> bool:
                 f"{store_dir}: being written by another job (pid {holder.get('pid')} on host {holder.get('host')}, "
                 f"since {holder.get('since')}); wait for it to finish, write to another --out, or delete "
                 f"{path} if that process is gone"
-            )
+            ) from None
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             json.dump(me, f)
         return True

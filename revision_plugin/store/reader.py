@@ -17,9 +17,9 @@ from __future__ import annotations
 import os
 import re
 import threading
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -147,7 +147,7 @@ class FeatureStore:
     def chunks(self, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> Iterator[tuple[int, np.ndarray]]:
         return _iter_rows(self, 0, self.count, chunk_rows)
 
-    def shard(self, rank: int, world_size: int) -> "StoreRows":
+    def shard(self, rank: int, world_size: int) -> StoreRows:
         from revision_plugin.align.sources import shard_bounds
 
         lo, hi = shard_bounds(self.count, rank, world_size)
@@ -225,7 +225,7 @@ class FeatureStore:
     def close(self) -> None:
         self._handles.close()
 
-    def __enter__(self) -> "FeatureStore":
+    def __enter__(self) -> FeatureStore:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -262,7 +262,7 @@ class StoreRows:
     def chunks(self, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> Iterator[tuple[int, np.ndarray]]:
         return _iter_rows(self.store, self.start, self.stop, chunk_rows)
 
-    def shard(self, rank: int, world_size: int) -> "StoreRows":
+    def shard(self, rank: int, world_size: int) -> StoreRows:
         from revision_plugin.align.sources import shard_bounds
 
         lo, hi = shard_bounds(self.num_rows, rank, world_size)

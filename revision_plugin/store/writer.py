@@ -10,14 +10,14 @@ reads every journal, so ``done_ids`` tells its caller what to skip.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 
 from revision_plugin.errors import ArtifactMismatchError, BadInputError, RevisionError
 from revision_plugin.store import layout, lock
-from revision_plugin.store.journal import read_journals, read_commit_ids
+from revision_plugin.store.journal import read_commit_ids, read_journals
 
 logger = logging.getLogger(__name__)
 
@@ -170,7 +170,7 @@ class StoreWriter:
             if self.world_size == 1 if release is None else release:
                 lock.release(self.store_dir)
 
-    def __enter__(self) -> "StoreWriter":
+    def __enter__(self) -> StoreWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:

@@ -113,7 +113,7 @@ def _logicvista_rows(n: int) -> list[dict]:
         gold = letters[colours.index(colour)]
         if i % 3 == 2:  # a multi-answer question
             gold = f"{gold}, D" if gold != "D" else "A, D"
-        text = "Which of these are in the image? " + " ".join(f"({l}) {o}" for l, o in zip(letters, options))
+        text = "Which of these are in the image? " + " ".join(f"({letter}) {o}" for letter, o in zip(letters, options))
         rows.append({"id": f"lv{i}", "question": text, "answer": gold, "skill": "inductive",
                      "image": _draw(colour, _SHAPES[i % 2])})
     return rows

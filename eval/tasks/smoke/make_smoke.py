@@ -24,7 +24,7 @@ TASKS = HERE.parent
 ROOT = TASKS.parent.parent
 sys.path.insert(0, str(ROOT))
 
-from revision_plugin.compare.suite import MMMU_VARIANTS, SMOKE_PREFIX, SUITE_TASKS
+from revision_plugin.compare.suite import MMMU_VARIANTS, SMOKE_PREFIX, SUITE_TASKS  # noqa: E402  (after sys.path)
 
 # our tasks: file relative to eval/tasks
 OURS = {
