@@ -36,9 +36,9 @@ demo: $(STAMP)
 	$(VENV)/bin/revision demo
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check revision_plugin tests benchmarks
+	$(VENV)/bin/ruff check revision_plugin tests benchmarks eval
 
-test: $(STAMP)
+test: lint
 	$(PY) -m pytest -n 2 -q tests
 
 # Regenerate the lock from requirements/lock.in (the plugin's extras + the bootstrap).

@@ -35,15 +35,8 @@ def build(args, root: Path, num_tokens: int):
     """A LLaVA-Llama with the revision tower (cached text features) and an mlp2x_gelu projector."""
     import revision_plugin.align  # noqa: F401
     from revision_plugin.align.base import fit_operator
-    from revision_plugin.hosts.llava import register
+    from revision_plugin.hosts.llava import build_llava_llama
     from revision_plugin.store import open_store, write_store
-
-    register()
-    from llava.model.language_model.llava_llama import (
-        LlavaConfig,
-        LlavaLlamaForCausalLM,
-    )
-    from llava.train.train import ModelArguments
 
     store_dir, op_dir = root / "text_store", root / "operator"
     if not store_dir.exists():
@@ -53,18 +46,13 @@ def build(args, root: Path, num_tokens: int):
         write_store(store_dir, [f"t{i}" for i in range(args.corpus)], text, "bench:llm2clip-like", fsync=False)
         fit_operator("realign", text.astype(np.float64), image.astype(np.float64), encoder_id="bench:llm2clip-like").save(op_dir)
     torch.manual_seed(0)
-    config = LlavaConfig(
+    model = build_llava_llama(
+        f"revision:operator={op_dir},text_store={store_dir},num_tokens={num_tokens}",
+        mm_projector_type="mlp2x_gelu", mm_vision_select_layer=-2, attn_implementation=args.attn,
         vocab_size=args.vocab, hidden_size=args.hidden_size, intermediate_size=args.hidden_size * 8 // 3,
         num_hidden_layers=args.layers, num_attention_heads=max(args.hidden_size // 64, 1),
         num_key_value_heads=max(args.hidden_size // 64, 1), max_position_embeddings=4096,
     )
-    config._attn_implementation = args.attn
-    model = LlavaLlamaForCausalLM(config)
-    model_args = ModelArguments(
-        vision_tower=f"revision:operator={op_dir},text_store={store_dir},num_tokens={num_tokens}",
-        mm_projector_type="mlp2x_gelu", mm_vision_select_layer=-2, pretrain_mm_mlp_adapter=None,
-    )
-    model.get_model().initialize_vision_modules(model_args=model_args)
     model.config.tokenizer_model_max_length = 4096
     # Stage 1: LLM frozen, projector trained.
     model.requires_grad_(False)
@@ -78,20 +66,20 @@ def build(args, root: Path, num_tokens: int):
 
 def make_batch(args, store, step: int):
     """Plain-template stage-1 batch: BOS <image> caption; labels on the caption only."""
-    from llava.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
-
+    from revision_plugin.hosts.llava import token_constants
     from revision_plugin.tower import (
         KIND_TEXT_FEATURE,
         TowerSample,
         collate_tower_inputs,
     )
 
+    tokens = token_constants()
     g = torch.Generator().manual_seed(step)
     captions = torch.randint(3, args.vocab, (args.batch_size, args.caption_tokens), generator=g)
-    head = torch.tensor([[1, IMAGE_TOKEN_INDEX]]).expand(args.batch_size, -1)
+    head = torch.tensor([[1, tokens.image_token_index]]).expand(args.batch_size, -1)
     input_ids = torch.cat([head, captions], dim=1)
     labels = input_ids.clone()
-    labels[:, :2] = IGNORE_INDEX
+    labels[:, :2] = tokens.ignore_index
     ids = [f"t{(step * args.batch_size + i) % args.corpus}" for i in range(args.batch_size)]
     samples = [TowerSample(KIND_TEXT_FEATURE, row) for row in store.lookup(ids)]
     images = collate_tower_inputs(samples).to(args.device, dtype=torch.float32 if args.dtype == "fp32" else torch.bfloat16)
