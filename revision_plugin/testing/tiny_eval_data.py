@@ -310,9 +310,9 @@ def build_tiny_eval_tasks(workdir: str | Path, n_per_split: int = 4, pairs_per_c
 def checkpoint_with_template(checkpoint: str | Path, out_dir: str | Path, conv_template: str | None) -> Path:
     """A copy of ``checkpoint`` whose ``config.json`` names ``conv_template`` (or lacks the key).
 
-    STOPGAP, clearly a test fixture: ``revision_plugin.hosts.llava.finalize_checkpoint`` is
-    about to write ``revision_conv_template`` (LLaVA's ``--version``) itself; until then the
-    tests write it here. The copy keeps the original untouched (other tests share it).
+    ``revision_plugin.hosts.llava.finalize_checkpoint`` writes ``revision_conv_template`` (LLaVA's
+    ``--version``) itself; this copy rewrites it so one tiny checkpoint can stand for checkpoints
+    trained with other templates (or older ones without the key). The original stays untouched.
     """
     import json
     import shutil
