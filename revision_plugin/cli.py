@@ -25,7 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "compare": ("revision_plugin.compare", "paper-style comparison table (md/csv/png) from lmms-eval result folders"),
     "eval": ("revision_plugin.lmms.runner", "run the lmms-eval suite task by task (resumable, fails loudly); `eval prefetch` for offline use"),
     "report": ("revision_plugin.geometry.commands_report", "geometry report (gap, spectrum, JS, kNN, frame) of embeddings and operators on held-out data"),
-    "demo": ("revision_plugin.demo", "the embedded default job: synthetic data, every operator, gap table + report"),
+    "demo": ("revision_plugin.study.commands", "the main job: miniature ReVision study, pixels to table (--geometry-only: old)"),
     "patch-host": ("revision_plugin.hosts.patch", "apply the LLaVA 1.2.2 compatibility patches to the installed llava (idempotent)"),
     "llava-data": ("revision_plugin.hosts.llava_data", "LLaVA caption json -> stage-1 text_id records + captions to embed"),
     "store": ("revision_plugin.store.commands", "feature-store maintenance: `store verify DIR` checks every shard, row and id"),

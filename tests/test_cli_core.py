@@ -83,7 +83,7 @@ def test_unknown_option_key_value_syntax(npy_pair, tmp_path, capsys):
 
 
 def test_demo_prints_the_gap_table(tmp_path, capsys):
-    assert main(["demo", "--rows", "3000", "--dim", "32", "--out", str(tmp_path), "--no-report"]) == 0
+    assert main(["demo", "--geometry-only", "--rows", "3000", "--dim", "32", "--out", str(tmp_path), "--no-report"]) == 0
     out = capsys.readouterr().out
     for label in ("identity", "mean_shift", "c3", "realign", "blockwise", "realign(iters=4)"):
         assert f"\n{label} " in out

@@ -1,0 +1,1 @@
+"""The miniature ReVision study (``revision demo``): see ``commands.py`` and DESIGN.md."""

@@ -1,0 +1,89 @@
+"""The miniature ReVision study (`revision demo --quick`) through the real components: PIL
+scenes, a tiny CLIP trained here, `revision embed/fit/report`, LLaVA's own trainer through the
+`revision:` tower, real lmms-eval through `revision_llava`, `revision compare`.
+
+Asserts what must hold for the study to mean anything - never which alignment wins."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("lmms_eval")
+pytest.importorskip("llava")
+
+from revision_plugin.study.settings import BLIND, PAIRED, default_settings, slug  # noqa: E402
+from revision_plugin.study.summary import scores  # noqa: E402
+
+LABELS = [*default_settings().variants, BLIND]
+
+
+def _demo(out: Path) -> int:
+    from revision_plugin.cli import main
+
+    return main(["demo", "--quick", "--out", str(out), "--threads", "1"])
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("study") / "demo_out"
+    assert _demo(out) == 0
+    return out
+
+
+def _result(study: Path, stage: str, label: str) -> Path:
+    files = sorted((study / "seed-0" / "eval" / stage / slug(label)).rglob("*_results.json"))
+    assert len(files) == 1, (stage, label, files)
+    return files[0]
+
+
+def test_tiny_clip_retrieves_far_above_chance_and_has_a_modality_gap(study):
+    metrics = json.loads((study / "seed-0" / "models" / "clip" / "clip_metrics.json").read_text())
+    assert metrics["recall_at_1_text_to_image"] > 10 * metrics["chance"], metrics
+    assert metrics["recall_at_1_image_to_text"] > 10 * metrics["chance"], metrics
+    # a gap: paired texts and images are far from identical and their centroids differ
+    assert metrics["paired_cosine"] < 0.95 and metrics["centroid_gap"] > 0.05, metrics
+    report = json.loads((study / "seed-0" / "report" / "report.json").read_text())
+    assert report
+
+
+def test_with_image_after_stage_1_beats_blind(study):
+    paired = scores(_result(study, "stage1", PAIRED))
+    blind = scores(_result(study, "stage1", BLIND))
+    assert paired["Caption"] > blind["Caption"], (paired, blind)
+
+
+def test_every_variant_has_lmms_eval_results_and_a_table_row(study):
+    settings = json.loads((study / "settings.json").read_text())
+    assert settings["preset"] == "default" and settings["seeds"] == 1 and settings["train"]["num_tokens"] == 1
+    for stage in ("stage1", "stage2"):
+        for label in LABELS:
+            results = json.loads(_result(study, stage, label).read_text())["results"]
+            assert {"revision_pope", "mme", "mmstar", "revision_study_caption"} <= set(results), (stage, label)
+            samples = list(_result(study, stage, label).parent.glob("*_samples_*.jsonl"))
+            assert len(samples) == 4
+        with open(study / f"table_{stage}.csv", newline="") as fh:
+            rows = list(csv.DictReader(fh))
+        assert [r["method"] for r in rows] == LABELS
+        assert all(rows[i]["POPE"] for i in range(len(rows)))
+        assert (study / f"table_{stage}.png").stat().st_size > 0
+    table = (study / "study_table.md").read_text()
+    assert all(f"| {label} |" in table for label in LABELS)
+    summary = (study / "summary.md").read_text()
+    assert "paper" in summary and summary.count(". ") >= 1
+
+
+def test_a_cached_rerun_does_no_work(study):
+    checkpoints = sorted((study / "seed-0" / "runs").rglob("*.safetensors")) + sorted(
+        (study / "seed-0" / "runs").rglob("mm_projector.bin"))
+    before = {p: p.stat().st_mtime_ns for p in checkpoints}
+    results = {p: p.stat().st_mtime_ns for p in (study / "seed-0" / "eval").rglob("*_results.json")}
+    assert checkpoints and results
+    assert _demo(study) == 0
+    timings = json.loads((study / "timings.json").read_text())["steps"]
+    assert timings and all(step["cached"] for step in timings), [s for s in timings if not s["cached"]]
+    assert {p: p.stat().st_mtime_ns for p in checkpoints} == before
+    assert {p: p.stat().st_mtime_ns for p in (study / "seed-0" / "eval").rglob("*_results.json")} == results
