@@ -21,13 +21,13 @@ venv: $(STAMP)
 $(STAMP): setup.py $(LOCK) $(HOST_LOCK) Makefile
 	rm -rf $(VENV)
 	$(PYTHON) -m venv $(VENV)
-	$(PIP) install -q -c $(LOCK) pip setuptools wheel
+	$(PIP) install -q -c requirements.lock pip setuptools wheel
 	# deepspeed's build (no isolation, no compiled ops) imports torch: install it first.
-	$(PIP) install -q -c $(LOCK) torch numpy packaging
-	DS_BUILD_OPS=0 $(PIP) install -q --no-deps --no-build-isolation -r $(LOCK)
+	$(PIP) install -q -c requirements.lock torch numpy packaging
+	DS_BUILD_OPS=0 $(PIP) install -q --no-deps --no-build-isolation -r requirements.lock
 	# llava-torch's own metadata pins torch 2.0 / transformers 4.36: it goes in without them
 	# (its real runtime dependencies are in the lock through the plugin's `llava` extra).
-	$(PIP) install -q --no-deps -r $(HOST_LOCK)
+	$(PIP) install -q --no-deps -r requirements/llava-torch.lock
 	$(PIP) install -q --no-deps --no-build-isolation -e .
 	$(VENV)/bin/revision patch-host
 	touch $(STAMP)
