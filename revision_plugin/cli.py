@@ -21,13 +21,13 @@ from revision_plugin.errors import RevisionError
 COMMANDS: dict[str, tuple[str, str]] = {
     "fit": ("revision_plugin.align.commands_fit", "fit an alignment operator on unpaired text/image embeddings"),
     "align": ("revision_plugin.align.commands_align", "apply a fitted operator to an embedding file, chunk by chunk"),
-    "embed": ("revision_plugin.embed", "embed texts/images into resumable feature stores (hf_clip, llm2clip)"),
+    "embed": ("revision_plugin.encoders.commands_embed", "embed texts/images into resumable feature stores (hf_clip, llm2clip)"),
     "compare": ("revision_plugin.compare", "paper-style comparison table (md/csv/png) from lmms-eval result folders"),
     "eval": ("revision_plugin.lmms.runner", "run the lmms-eval suite task by task (resumable, fails loudly); `eval prefetch` for offline use"),
     "report": ("revision_plugin.geometry.commands_report", "geometry report (gap, spectrum, JS, kNN, frame) of embeddings and operators on held-out data"),
     "demo": ("revision_plugin.study.commands", "the main job: miniature ReVision study, pixels to table (--geometry-only: old)"),
-    "patch-host": ("revision_plugin.hosts.patch", "apply the LLaVA 1.2.2 compatibility patches to the installed llava (idempotent)"),
-    "llava-data": ("revision_plugin.hosts.llava_data", "LLaVA caption json -> stage-1 text_id records + captions to embed"),
+    "patch-host": ("revision_plugin.hosts.commands_patch", "apply the LLaVA 1.2.2 compatibility patches to the installed llava (idempotent)"),
+    "llava-data": ("revision_plugin.hosts.llava.commands_data", "LLaVA caption json -> stage-1 text_id records + captions to embed"),
     "store": ("revision_plugin.store.commands", "feature-store maintenance: `store verify DIR` checks every shard, row and id"),
 }
 

@@ -16,11 +16,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from revision_plugin.align import fit_operator
 from revision_plugin.cli import main
 from revision_plugin.store import write_store
+from revision_plugin.testing.common import torch_threads
 
 
 def unit(n: int, d: int = 6, seed: int = 0) -> np.ndarray:
@@ -154,6 +156,93 @@ def manifest_edit(fn):
     return edit
 
 
+# --- resumed embed (class 5): a store made by a first, successful run, then something changed
+_MODELS: dict[int, Path] = {}
+
+
+def tiny_clip(seed: int = 0) -> Path:
+    """A tiny CLIP saved once per seed, every one in a directory called ``tiny-clip``."""
+    if seed not in _MODELS:
+        import tempfile
+
+        from revision_plugin.testing.tiny_clip import build_tiny_clip
+
+        _MODELS[seed] = build_tiny_clip(Path(tempfile.mkdtemp(prefix=f"bad-input-clip{seed}-")) / "tiny-clip", seed=seed)
+    return _MODELS[seed]
+
+
+def embedded(tmp: Path, *, images: bool = False, model: int = 0) -> list[str]:
+    """argv of a `revision embed` that has already run once, successfully, into tmp/emb."""
+    if images:
+        (tmp / "img").mkdir()
+        for i in range(3):
+            Image.new("RGB", (32, 32), (60 * i, 5, 5)).save(tmp / "img" / f"{i}.png")
+        write_jsonl(tmp / "in.jsonl", [{"id": f"i{i}", "image": f"img/{i}.png"} for i in range(3)])
+        kind = "--images"
+    else:
+        write_jsonl(tmp / "in.jsonl", [{"id": f"t{i}", "text": f"a red cat {i}"} for i in range(3)])
+        kind = "--texts"
+    argv = ["embed", "--encoder", "hf_clip", "--model", str(tiny_clip(model)), kind, str(tmp / "in.jsonl"),
+            "--out", str(tmp / "emb"), "--no-progress"]
+    with torch_threads(1):
+        assert main(argv) == 0
+    return argv
+
+
+def caption_edited(tmp: Path) -> list[str]:
+    argv = embedded(tmp)
+    write_jsonl(tmp / "in.jsonl", [{"id": f"t{i}", "text": "edited" if i == 1 else f"a red cat {i}"} for i in range(3)])
+    return argv
+
+
+def image_replaced(tmp: Path) -> list[str]:
+    argv = embedded(tmp, images=True)
+    Image.new("RGB", (32, 32), (0, 250, 0)).save(tmp / "img" / "2.png")
+    return argv
+
+
+def image_gone(tmp: Path) -> list[str]:
+    argv = embedded(tmp, images=True)
+    (tmp / "img" / "0.png").unlink()
+    return argv
+
+
+def other_model(tmp: Path, *extra: str) -> list[str]:
+    argv = embedded(tmp)
+    argv[argv.index("--model") + 1] = str(tiny_clip(1))
+    return [*argv, *extra]
+
+
+def legacy_store(tmp: Path, *extra: str, ids=("t0", "t1")) -> list[str]:
+    """A store as an older revision_plugin wrote it: no content hashes, no encoder fingerprint."""
+    from revision_plugin.encoders import load_encoder
+
+    encoder = load_encoder("hf_clip", tiny_clip(0))
+    write_store(tmp / "emb" / "text", list(ids), unit(len(ids), d=encoder.dim), encoder.encoder_id, modality="text",
+                fsync=False)
+    write_jsonl(tmp / "in.jsonl", [{"id": f"t{i}", "text": f"a red cat {i}"} for i in range(3)])
+    return ["embed", "--encoder", "hf_clip", "--model", str(tiny_clip(0)), "--texts", str(tmp / "in.jsonl"),
+            "--out", str(tmp / "emb"), "--no-progress", *extra]
+
+
+def swapped_then_fit(tmp: Path) -> list[str]:
+    swap_files_on_disk(tmp)
+    np.save(tmp / "i.npy", unit(20, seed=1))
+    return ["fit", "--method", "identity", "--text", str(tmp / "store"), "--image", str(tmp / "i.npy"),
+            "--out", str(tmp / "op"), "--no-progress"]
+
+
+# --- compare (class 9): a results file with one metric present but unusable
+def results(tmp: Path, task: str, metrics: dict, raw: str | None = None) -> list[str]:
+    folder = tmp / "run" / "ckpt"
+    folder.mkdir(parents=True)
+    payload = {"results": {task: {"alias": task, **metrics}}, "n-samples": {task: {"original": 10, "effective": 10}},
+               "config": {"model": "revision_llava", "model_args": "pretrained=ckpt", "limit": None},
+               "date": "20260101_120000"}
+    (folder / "20260101_120000_results.json").write_text(raw if raw is not None else json.dumps(payload))
+    return ["compare", str(tmp / "run"), "--out", str(tmp / "table.md")]
+
+
 CASES = [
     # --- fit: options (class 1 + 3)
     ("fit-fractional-iters", lambda t: fit_args(t, "-o", "centroid_iters=2.5"), "centroid_iters must be an integer in [0, 64], got 2.5"),
@@ -253,9 +342,50 @@ CASES = [
     ("verify-not-a-store", lambda t: ["store", "verify", str(t)], "not a feature store"),
     ("verify-swapped-files", swap_files_on_disk, "does not match the recorded"),
     ("verify-no-action", lambda t: ["store"], "required"),
+    # --- resumed embed (class 5): content and model, not ids alone; nothing written when refused
+    ("embed-caption-edited", caption_edited, "in.jsonl:2: id 't1' is stored with other text than it has now"),
+    ("embed-caption-edited-says-update", caption_edited, "pass --update to re-embed changed inputs"),
+    ("embed-image-replaced", image_replaced, "id 'i2' is stored with other image content than it has now"),
+    ("embed-image-gone", image_gone, "id 'i0' is stored, but its image file"),
+    ("embed-other-model-same-name", other_model, "embeddings of another model (encoder fingerprint"),
+    ("embed-other-model-with-update", lambda t: other_model(t, "--update"), "one store holds one encoder"),
+    ("embed-legacy-store", legacy_store, "were written without an encoder fingerprint"),
+    ("embed-legacy-update-incomplete-input", lambda t: legacy_store(t, "--update", ids=("t0", "old")),
+     "not in this input (e.g. 'old'), so --update cannot re-embed them"),
+    ("embed-update-under-torchrun", lambda t: _world_size_2(embedded(t) + ["--update"]), "run it without torchrun"),
+    # --- opening a store (class 5): a swapped shard is named, never read as another id's rows
+    ("store-swapped-files-fit", swapped_then_fit, "does not hold the rows the store recorded for shards/r00000-000000.npy"),
+    ("store-bad-probe", lambda t: fit_on_store(t, manifest_edit(lambda m: m["shards"][0].update(probe="xyz"))),
+     "probe is not a 32-digit hex digest"),
+    ("store-fingerprint-int", lambda t: fit_on_store(t, manifest_edit(lambda m: m.update(encoder_fingerprint=7))),
+     "'encoder_fingerprint' must be a string or null"),
+    # --- compare (class 9): present but unusable metrics are errors naming file and key
+    ("compare-percent-as-fraction", lambda t: results(t, "mmstar", {"average,none": 95.0}),
+     "results['mmstar']['average,none'] is 95.0, outside its range: this metric is a fraction in [0, 1]"),
+    ("compare-nan", lambda t: results(t, "mmstar", {"average,none": float("nan")}), "is nan, not a number"),
+    ("compare-string", lambda t: results(t, "realworldqa", {"exact_match,none": "0.5"}), "is '0.5', not a number"),
+    ("compare-object", lambda t: results(t, "visulogic", {"visulogic_acc,none": {}}), "is {}, not a number"),
+    ("compare-null", lambda t: results(t, "revision_pope", {"pope_accuracy,none": None}), "is None, not a number"),
+    ("compare-bool", lambda t: results(t, "revision_pope", {"pope_accuracy,none": True}), "is True, not a number"),
+    ("compare-negative", lambda t: results(t, "crpe_relation", {"exact_match,flexible-extract": -0.1}), "outside its range"),
+    ("compare-mme-score-above-max", lambda t: results(t, "revision_mme", {"mme_acc,none": 0.5, "mme_perception_score,none": 2500.0}),
+     "'mme_perception_score,none'] is 2500.0, outside its range: this metric is on a 0-2000 scale"),
+    ("compare-gpt-hallbench-above-100", lambda t: results(t, "hallusion_bench_image", {"aAcc,none": 150.0}),
+     "is 150.0, outside its range: this metric is on a 0-100 scale"),
+    ("compare-pope-split-detail", lambda t: results(t, "revision_pope", {"pope_accuracy,none": 0.8,
+                                                                      "pope_random_f1_score,none": 80.0}),
+     "'pope_random_f1_score,none'] is 80.0, outside its range"),
+    ("compare-sqa-dev-inf", lambda t: results(t, "revision_scienceqa_img_dev", {"exact_match,none": float("inf")}),
+     "is inf, not a number"),
     # --- compare (another engineer's command; checked only for "no traceback")
     ("compare-missing-run", lambda t: ["compare", str(t / "no-such-run")], "no-such-run"),
 ]
+
+
+def _world_size_2(argv: list[str]) -> list[str]:
+    """``argv`` as a torchrun rank would see it (the env var is dropped again by the test's monkeypatch)."""
+    os.environ["WORLD_SIZE"] = "2"
+    return argv
 
 
 def after(argv: list[str], path: Path, content) -> list[str]:
@@ -310,7 +440,8 @@ def snapshot(root: Path) -> dict[str, str]:
 
 
 @pytest.mark.parametrize("case_id,build,expected", CASES, ids=[c[0] for c in CASES])
-def test_bad_input_is_one_line_and_changes_nothing(tmp_path, capsys, case_id, build, expected):
+def test_bad_input_is_one_line_and_changes_nothing(tmp_path, capsys, monkeypatch, case_id, build, expected):
+    monkeypatch.setenv("WORLD_SIZE", "1")  # restored afterwards, whatever a build sets
     argv = [str(a) for a in build(tmp_path)]
     capsys.readouterr()
     before = snapshot(tmp_path)

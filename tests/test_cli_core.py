@@ -36,7 +36,7 @@ def test_fit_then_align(tmp_path, npy_pair, capsys):
     aligned = np.load(out)
     assert aligned.dtype == np.float32 and aligned.shape == (600, 12)
     assert_close(aligned, operator(np.load(text).astype(np.float64)).astype(np.float32), rtol=0, atol=1e-6)
-    assert not list(tmp_path.glob("*.partial"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["aligned.npy", "image.npy", "op", "text.npy"]  # no temp file left
     assert "aligned 600 rows" in capsys.readouterr().out
 
 
@@ -67,7 +67,7 @@ def test_refuses_to_overwrite_and_reports_errors(tmp_path, npy_pair, capsys):
     assert main(["align", "--operator", str(tmp_path / "op"), "--in", str(tmp_path / "bad.npy"),
                  "--out", str(tmp_path / "o.npy"), "--no-progress"]) == 2
     assert "bad.npy: row 42 has NaN or Inf values" in capsys.readouterr().err
-    assert not (tmp_path / "o.npy").exists() and not list(tmp_path.glob("*.partial"))
+    assert not (tmp_path / "o.npy").exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
     np.save(tmp_path / "wide.npy", np.ones((3, 16), dtype=np.float32))
     assert main(["align", "--operator", str(tmp_path / "op"), "--in", str(tmp_path / "wide.npy"),

@@ -382,3 +382,21 @@ def test_pending_lists_unfinished_config_entries(tmp_path, monkeypatch, capsys):
     assert "0 entries finished, 3 to run" in capsys.readouterr().out
     monkeypatch.delenv("REVISION_CKPT")
     assert main(["compare", "--pending", str(config)]) == 2  # cannot check which checkpoint: an error, not a guess
+
+
+def test_present_but_unusable_metrics_are_errors_absent_ones_are_not_evaluated(tmp_path):
+    """Issue 13, class 9: `–` only for a metric that is absent; the file and key are named otherwise."""
+    from revision_plugin.errors import BadInputError
+
+    tasks = raw_results(dict(zip(BENCHMARK_KEYS, TABLE1["ReVision"][0])))
+    tasks["visulogic"] = {}  # task ran, metric absent: not evaluated
+    write_results(tmp_path / "ok", tasks)
+    assert compare([load_run(tmp_path / "ok")]).rows[0].values["VisuLogic"] is None
+    for value, message in ((95.0, "outside its range: this metric is a fraction in [0, 1]; was it written as a percentage?"),
+                           (float("nan"), "is nan, not a number"), ("n/a", "is 'n/a', not a number"),
+                           ({}, "is {}, not a number"), (-0.5, "outside its range")):
+        tasks["visulogic"] = {"visulogic_acc,none": value}
+        folder = write_results(tmp_path / f"bad{len(str(value))}{type(value).__name__}", tasks).parent.parent
+        with pytest.raises(BadInputError, match=r"_results\.json: results\['visulogic'\]\['visulogic_acc,none'\]") as err:
+            compare([load_run(folder)])
+        assert message in str(err.value)

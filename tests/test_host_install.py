@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from revision_plugin.hosts import patch as host_patch
+from revision_plugin.hosts import commands_patch as host_patch
 
 REPO = Path(__file__).resolve().parents[1]
 # LLaVA's own pyproject.toml (upstream repository), the parts that `pip install -e .` reads.
@@ -76,7 +76,7 @@ def test_the_wheel_carries_the_patches_and_patches_from_a_non_editable_install(w
     assert installed.returncode == 0, installed.stderr
     llava_dir = original_llava(tmp_path / "host" / "llava")
 
-    where = run([sys.executable, "-c", "import revision_plugin.hosts.patch as p; print(p.default_patch_dir())"],
+    where = run([sys.executable, "-c", "import revision_plugin.hosts.commands_patch as p; print(p.default_patch_dir())"],
                 env={**os.environ, "PYTHONPATH": str(site)}, cwd=tmp_path)
     assert where.stdout.strip().startswith(str(site)), where.stdout + where.stderr  # not the source tree
     applied = plugin_cli(sys.executable, "patch-host", "--llava-dir", llava_dir, pythonpath=site, cwd=tmp_path)

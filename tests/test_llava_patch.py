@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from revision_plugin.cli import main
-from revision_plugin.hosts import patch as host_patch
+from revision_plugin.hosts import commands_patch as host_patch
 
 
 @pytest.fixture()

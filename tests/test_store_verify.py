@@ -48,8 +48,8 @@ def test_swapped_or_edited_shards_are_found(store, capsys):
 
 def test_store_without_checksums_says_so_and_still_checks_rows(store):
     manifest = json.loads((store / "manifest.json").read_text())
-    for shard in manifest["shards"]:
-        del shard["sha256"]
+    for shard in manifest["shards"]:  # as written before checksums and probes were recorded
+        del shard["sha256"], shard["probe"]
     (store / "manifest.json").write_text(json.dumps(manifest))
     report = verify_store(store)
     assert report.ok and report.checksummed == 0

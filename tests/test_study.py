@@ -15,6 +15,7 @@ import pytest
 pytest.importorskip("lmms_eval")
 pytest.importorskip("llava")
 
+from revision_plugin.compare.runs import load_run  # noqa: E402
 from revision_plugin.study.settings import BLIND, PAIRED, default_settings, slug  # noqa: E402
 from revision_plugin.study.summary import scores  # noqa: E402
 
@@ -34,10 +35,11 @@ def study(tmp_path_factory) -> Path:
     return out
 
 
-def _result(study: Path, stage: str, label: str) -> Path:
-    files = sorted((study / "seed-0" / "eval" / stage / slug(label)).rglob("*_results.json"))
-    assert len(files) == 1, (stage, label, files)
-    return files[0]
+def _run(study: Path, stage: str, label: str) -> Path:
+    """One `revision eval` output folder: a results file per task, each with its provenance."""
+    folder = study / "seed-0" / "eval" / stage / slug(label)
+    assert len(list(folder.rglob("*_results.json"))) == 4, (stage, label)
+    return folder
 
 
 def test_tiny_clip_retrieves_far_above_chance_and_has_a_modality_gap(study):
@@ -51,20 +53,22 @@ def test_tiny_clip_retrieves_far_above_chance_and_has_a_modality_gap(study):
 
 
 def test_with_image_after_stage_1_beats_blind(study):
-    paired = scores(_result(study, "stage1", PAIRED))
-    blind = scores(_result(study, "stage1", BLIND))
+    paired = scores(_run(study, "stage1", PAIRED))
+    blind = scores(_run(study, "stage1", BLIND))
     assert paired["Caption"] > blind["Caption"], (paired, blind)
 
 
 def test_every_variant_has_lmms_eval_results_and_a_table_row(study):
     settings = json.loads((study / "settings.json").read_text())
-    assert settings["preset"] == "default" and settings["seeds"] == 1 and settings["train"]["num_tokens"] == 1
+    assert settings["preset"] == "quick" and settings["seeds"] == 1 and settings["train"]["num_tokens"] == 1
     for stage in ("stage1", "stage2"):
         for label in LABELS:
-            results = json.loads(_result(study, stage, label).read_text())["results"]
-            assert {"revision_pope", "mme", "mmstar", "revision_study_caption"} <= set(results), (stage, label)
-            samples = list(_result(study, stage, label).parent.glob("*_samples_*.jsonl"))
-            assert len(samples) == 4
+            run = load_run(_run(study, stage, label))
+            assert {"revision_pope", "mme", "mmstar", "revision_study_caption"} <= set(run.results), (stage, label)
+            assert len(list(run.path.rglob("*_samples_*.jsonl"))) == 4
+            # written by `revision eval`: the checkpoint and the template it was asked in are recorded
+            provenance = run.task_provenance("revision_pope")
+            assert provenance["checkpoint"]["fingerprint"] and provenance["conv_template"]["used"] == "llama_3"
         with open(study / f"table_{stage}.csv", newline="") as fh:
             rows = list(csv.DictReader(fh))
         assert [r["method"] for r in rows] == LABELS
@@ -74,6 +78,8 @@ def test_every_variant_has_lmms_eval_results_and_a_table_row(study):
     assert all(f"| {label} |" in table for label in LABELS)
     summary = (study / "summary.md").read_text()
     assert "paper" in summary and summary.count(". ") >= 1
+    probe = json.loads((study / "seed-0" / "models" / "llm_probe" / "llm_probe.json").read_text())
+    assert all(0.0 <= probe[k] <= 1.0 for k in probe if k != "scenes"), probe
 
 
 def test_a_cached_rerun_does_no_work(study):
@@ -85,5 +91,7 @@ def test_a_cached_rerun_does_no_work(study):
     assert _demo(study) == 0
     timings = json.loads((study / "timings.json").read_text())["steps"]
     assert timings and all(step["cached"] for step in timings), [s for s in timings if not s["cached"]]
+    # the wall times of the run that did the work survive a cached rerun
+    assert sum(step["seconds"] for step in timings) > 0
     assert {p: p.stat().st_mtime_ns for p in checkpoints} == before
     assert {p: p.stat().st_mtime_ns for p in (study / "seed-0" / "eval").rglob("*_results.json")} == results

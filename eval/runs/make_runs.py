@@ -19,6 +19,7 @@ from pathlib import Path
 import yaml
 
 from revision_plugin.compare import QUICK_TASKS, SUITE_TASKS
+from revision_plugin.generated import generator_main
 
 HERE = Path(__file__).resolve().parent
 
@@ -89,22 +90,7 @@ def render() -> dict[str, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--check", action="store_true", help="exit 1 if a file differs from what would be written")
-    args = parser.parse_args(argv)
-    stale = []
-    for name, text in render().items():
-        path = HERE / name
-        if args.check:
-            if not path.is_file() or path.read_text() != text:
-                stale.append(name)
-        else:
-            path.write_text(text)
-            print(f"wrote {path}")
-    if stale:
-        print(f"out of date: {', '.join(stale)} (run python eval/runs/make_runs.py)", file=sys.stderr)
-        return 1
-    return 0
+    return generator_main(render, HERE, __doc__.splitlines()[0], "python eval/runs/make_runs.py", argv, announce=True)
 
 
 if __name__ == "__main__":

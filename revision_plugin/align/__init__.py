@@ -4,6 +4,7 @@ Importing this package registers every built-in method.
 """
 
 from revision_plugin.align import blockwise, c3, identity, mean_shift, realign  # noqa: F401  (registration)
+from revision_plugin.align.artifact import read_operator_info
 from revision_plugin.align.base import (
     OPERATOR_CONFIG_NAME,
     OPERATOR_REGISTRY,
@@ -34,6 +35,7 @@ __all__ = [
     "get_operator_class",
     "load_operator",
     "open_source",
+    "read_operator_info",
     "register_operator",
     "train_mode",
 ]

@@ -16,7 +16,7 @@ import json
 import logging
 import math
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,14 +24,12 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
-from tqdm.auto import tqdm
+from safetensors.torch import save_file
 
 from revision_plugin import __version__
-from revision_plugin.align.sources import DEFAULT_CHUNK_ROWS, ChunkSource, open_source
-from revision_plugin.align.stats import BadRows, MomentStats, accumulate, check_dim, normalized_blocks
-from revision_plugin.errors import ArtifactMismatchError, BadInputError, RevisionError
+from revision_plugin.align.sources import ChunkSource
+from revision_plugin.align.stats import MomentStats
+from revision_plugin.errors import ArtifactMismatchError, BadInputError
 
 logger = logging.getLogger(__name__)
 
@@ -127,49 +125,6 @@ class OperatorInfo:
     options: dict[str, Any] = field(default_factory=dict)
     package_version: str = __version__
     format_version: int = FORMAT_VERSION
-
-
-@dataclass
-class FitContext:
-    """What a method's ``fit`` needs besides the data: bad-row policy, progress, chunking."""
-
-    skip_bad: BadRows | None = None
-    progress: bool = True
-    chunk_rows: int = DEFAULT_CHUNK_ROWS
-    _passed: set[str] = field(default_factory=set, repr=False)
-
-    def _bad_rows(self, source: ChunkSource) -> BadRows | None:
-        """The report on a source's first pass; a throwaway one on later passes (same rows)."""
-        if self.skip_bad is None:
-            return None
-        if source.name in self._passed:
-            return BadRows()
-        self._passed.add(source.name)
-        return self.skip_bad
-
-    def _bar(self, source: ChunkSource, desc: str):
-        return tqdm(total=source.num_rows, desc=desc, unit="row", unit_scale=True,
-                    disable=not self.progress, leave=False)
-
-    def blocks(self, source: ChunkSource, desc: str) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        """One validated pass over this process's rows of ``source`` (see ``normalized_blocks``)."""
-        with self._bar(source, desc) as bar:
-            yield from normalized_blocks(source, self._bad_rows(source), self.chunk_rows, bar.update)
-
-    def moments(self, source: ChunkSource, desc: str, second_moment: bool = False) -> MomentStats:
-        """Moments of ``source`` over all ranks."""
-        with self._bar(source, desc) as bar:
-            stats = accumulate(source, second_moment, self._bad_rows(source), bar.update, self.chunk_rows)
-        stats.all_reduce()
-        stats.require_rows(source.name)
-        return stats
-
-    def mean_over_ranks(self, total: torch.Tensor, count: int) -> torch.Tensor:
-        """``Σ / n`` where both the vector sum and the count are summed over ranks."""
-        packed = torch.cat([total, torch.tensor([float(count)], dtype=torch.float64)])
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.all_reduce(packed)
-        return packed[:-1] / packed[-1]
 
 
 def fingerprint(*stats: MomentStats) -> str:
@@ -291,6 +246,21 @@ class Operator(torch.nn.Module):
         """What a real image embedding becomes; unit vectors in, unit vectors out."""
         return x
 
+    def map_rows(self, x: torch.Tensor, norm: torch.Tensor, image: bool = False,
+                 out: torch.Tensor | None = None) -> torch.Tensor:
+        """The ``revision align`` path: validated raw rows ``x`` ``[n, d]`` (finite, non-zero,
+        norms ``norm``) → aligned rows, on ``x``'s device; written into ``out`` when given.
+
+        Default: the float64 map of the unit rows (``transform``/``transform_target``);
+        methods with a cheaper exact form override it (ReAlign: one float32 affine map).
+        """
+        x = x.to(torch.float64)
+        u = x * torch.linalg.vector_norm(x, dim=1).reciprocal()[:, None]  # as the fit's blocks
+        result = (self.transform_target if image else self.transform)(u)
+        if out is None:
+            return result
+        return out.copy_(result)
+
     def buffer(self, name: str, like: torch.Tensor) -> torch.Tensor:
         return getattr(self, name).to(device=like.device, dtype=like.dtype)
 
@@ -337,122 +307,6 @@ class Operator(torch.nn.Module):
         return f"method={self.method}, dim={self.dim}, encoder_id={self.info.encoder_id!r}"
 
 
-def load_operator(
-    directory: str | Path, expected_dim: int | None = None, encoder_id: str | None = None
-) -> Operator:
-    """Rebuild a saved operator (in eval mode); refuse a mismatched dim or encoder."""
-    directory = Path(directory)
-    config_path, weights_path = directory / OPERATOR_CONFIG_NAME, directory / OPERATOR_WEIGHTS_NAME
-    for path in (config_path, weights_path):
-        if not path.is_file():
-            raise FileNotFoundError(f"{directory}: not an operator directory ({path.name} missing)")
-    try:
-        raw = json.loads(config_path.read_text())
-    except json.JSONDecodeError as err:
-        raise BadInputError(f"{config_path}: invalid JSON ({err})") from err
-    except UnicodeDecodeError as err:
-        raise BadInputError(f"{config_path}: not a UTF-8 JSON file ({err.reason})") from err
-    if not isinstance(raw, dict):
-        raise ArtifactMismatchError(f"{config_path}: expected a JSON object, got {type(raw).__name__}")
-    if "method" not in raw:
-        raise ArtifactMismatchError(f"{config_path}: no 'method' field")
-    info = _info_from_json(raw, config_path)
-    if info.format_version > FORMAT_VERSION:
-        raise ArtifactMismatchError(
-            f"{config_path}: format version {info.format_version} is newer than this package supports ({FORMAT_VERSION})"
-        )
-    cls = get_operator_class(info.method)
-    if expected_dim is not None and info.dim != expected_dim:
-        raise ArtifactMismatchError(f"{directory}: operator was fitted for dim {info.dim}, caller expects {expected_dim}")
-    if encoder_id is not None and info.encoder_id is not None and info.encoder_id != encoder_id:
-        raise ArtifactMismatchError(
-            f"{directory}: operator was fitted for encoder {info.encoder_id!r}, not {encoder_id!r}"
-        )
-    try:
-        tensors = load_file(str(weights_path))
-    except (SafetensorError, OSError, ValueError) as err:
-        raise ArtifactMismatchError(f"{weights_path}: not a readable safetensors file ({err})") from err
-    try:
-        return cls(info, **tensors).eval()
-    except RevisionError as err:
-        raise type(err)(f"{directory}: {err}") from err
-
-
-# Field of operator.json -> (accepted types, description) for the typed check on load.
-_INFO_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
-    "method": ((str,), "a string"),
-    "dim": ((int,), "a positive integer"),
-    "counts": ((dict,), "an object of row counts"),
-    "encoder_id": ((str, type(None)), "a string or null"),
-    "fingerprint": ((str,), "a string"),
-    "options": ((dict,), "an object"),
-    "package_version": ((str,), "a string"),
-    "format_version": ((int,), "an integer"),
-}
-
-
-def _info_from_json(raw: dict, config_path: Path) -> OperatorInfo:
-    """``OperatorInfo`` from ``operator.json`` with every known field's type checked."""
-    values = {}
-    for key, (types, described) in _INFO_TYPES.items():
-        if key not in raw:
-            if key in ("method", "dim", "counts"):
-                raise ArtifactMismatchError(f"{config_path}: no {key!r} field")
-            continue
-        value = raw[key]
-        if not isinstance(value, types) or isinstance(value, bool) or (key == "dim" and value < 1):
-            raise ArtifactMismatchError(f"{config_path}: field {key!r} must be {described}, got {value!r}")
-        values[key] = value
-    for name, count in values["counts"].items():
-        if not isinstance(count, int) or isinstance(count, bool) or count < 0:
-            raise ArtifactMismatchError(f"{config_path}: counts[{name!r}] must be a non-negative integer, got {count!r}")
-    return OperatorInfo(**values)
-
-
-def fit_operator(
-    method: str,
-    text,
-    image,
-    *,
-    encoder_id: str | None = None,
-    skip_bad: bool = False,
-    progress: bool = False,
-    chunk_rows: int = DEFAULT_CHUNK_ROWS,
-    **options: Any,
-) -> Operator:
-    """Fit ``method`` on text (source) and image (target) embeddings.
-
-    ``text``/``image``: ``.npy`` paths, feature-store directories, arrays or chunk sources.
-    Under torch.distributed each rank reads its own contiguous slice of the rows and the
-    statistics are all-reduced, so every rank ends with the same operator.
-    """
-    cls = get_operator_class(method)
-    options = cls.check_options(options)
-    text_src, image_src = open_source(text), open_source(image)
-    check_dim(image_src, text_src.dim)
-    encoder_id = _resolve_encoder_id(encoder_id, text_src, image_src)
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
-        text_src, image_src = text_src.shard(rank, world), image_src.shard(rank, world)
-    ctx = FitContext(BadRows() if skip_bad else None, progress, chunk_rows)
-    operator = cls.fit(text_src, image_src, ctx, **options)
-    operator.info.encoder_id = encoder_id
-    if ctx.skip_bad is not None and ctx.skip_bad.count:
-        logger.warning(ctx.skip_bad.summary())
-        operator.info.options["skipped_bad_rows"] = ctx.skip_bad.count
-    return operator.eval()
-
-
-def _resolve_encoder_id(given: str | None, *sources: ChunkSource) -> str | None:
-    ids = {s.encoder_id for s in sources if s.encoder_id is not None}
-    if given is not None:
-        ids.add(given)
-    if len(ids) > 1:
-        described = ", ".join(f"{s.name}: {s.encoder_id!r}" for s in sources)
-        raise ArtifactMismatchError(f"inputs come from different encoders ({described}; requested {given!r})")
-    return ids.pop() if ids else None
-
-
 @contextmanager
 def train_mode(operator: Operator, enabled: bool = True):
     """Temporarily put ``operator`` in training mode (e.g. C3 noise) and restore it."""
@@ -462,3 +316,13 @@ def train_mode(operator: Operator, enabled: bool = True):
         yield operator
     finally:
         operator.train(previous)
+
+
+# Fitting and artifact loading live in their own modules; re-exported here (their historical home).
+from revision_plugin.align.artifact import load_operator  # noqa: E402
+from revision_plugin.align.fitting import FitContext, fit_operator  # noqa: E402
+
+__all__ = [
+    "OPERATOR_CONFIG_NAME", "OPERATOR_REGISTRY", "OPERATOR_WEIGHTS_NAME", "FitContext", "Operator", "OperatorInfo", "Opt",
+    "fingerprint", "fit_operator", "get_operator_class", "load_operator", "register_operator", "train_mode", "unit",
+]

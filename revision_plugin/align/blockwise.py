@@ -27,6 +27,7 @@ from revision_plugin.align.frame import DEFAULT_ENERGY, reference_frame
 from revision_plugin.align.sources import ChunkSource
 from revision_plugin.align.stats import MomentStats
 from revision_plugin.errors import ArtifactMismatchError, BadInputError
+from revision_plugin.runtime import resolve_device
 
 
 def shrink(cov: torch.Tensor, shrinkage: float) -> torch.Tensor:
@@ -65,12 +66,14 @@ class Blockwise(Operator):
         mu_a, mu_b = text_stats.mean, image_stats.mean
         frame = reference_frame(text_stats.covariance + image_stats.covariance, options["energy"])
 
-        anchored = MomentStats.empty(text.dim, second_moment=True)
+        device = resolve_device(ctx.device)
+        mu_a_dev, mu_b_dev = mu_a.to(device), mu_b.to(device)
+        anchored = MomentStats.empty(text.dim, second_moment=True, device=device)
         for x, _, inv_norm in ctx.blocks(text, "blockwise: anchored covariance"):
-            z = x * inv_norm[:, None] - mu_a + mu_b
+            z = x * inv_norm[:, None] - mu_a_dev + mu_b_dev
             z_norm = torch.linalg.vector_norm(z, dim=1)
             anchored.update_block(z, z_norm, z_norm.reciprocal())
-        anchored.all_reduce()
+        anchored.to_cpu().all_reduce()
         cov_a, cov_b = anchored.covariance, image_stats.covariance
 
         matrix = torch.zeros(text.dim, text.dim, dtype=torch.float64)
@@ -79,9 +82,10 @@ class Blockwise(Operator):
             block_b = shrink(basis.T @ cov_b @ basis, options["shrinkage"])
             matrix += basis @ whiten_colour(block_a, block_b) @ basis.T
 
-        total, count = torch.zeros(text.dim, dtype=torch.float64), 0
+        total, count = torch.zeros(text.dim, dtype=torch.float64, device=device), 0
+        on_device = mu_a_dev, mu_b_dev, matrix.to(device)
         for x, _, inv_norm in ctx.blocks(text, "blockwise: centroid pass"):
-            total += _geometry_aligned(x * inv_norm[:, None], mu_a, mu_b, matrix).sum(0)
+            total += _geometry_aligned(x * inv_norm[:, None], *on_device).sum(0)
             count += x.shape[0]
         drift = ctx.mean_over_ranks(total, count)
 

@@ -1,15 +1,22 @@
 """``revision align``: apply a fitted operator to an embedding file, chunk by chunk.
 
-Memory stays flat: rows are read into one reused buffer and written straight to a temporary
-``.npy`` that is renamed into place when complete, so an interrupted run leaves no partial
-output behind. Every input row gives exactly one output row, so bad rows stop the run (there
-is no ``--skip-bad`` here); the error names the file and row.
+Memory stays flat: rows are mapped block by block into reused buffers (on the CPU by a few
+worker threads, each block written at its own offset with ``pwrite``; on a GPU one large block
+at a time) into a temporary ``.npy`` (``revision_plugin.atomic``), allocated up front and renamed into place when complete,
+so an interrupted run leaves no partial output behind. ReAlign maps float32 rows in float32
+(one affine map, see ``ReAlign.map_rows``); the other methods keep their float64 map.
+Every input row gives exactly one output row, so bad rows stop the run (there is no
+``--skip-bad`` here); the error names the file and row.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -17,10 +24,21 @@ import torch
 from tqdm.auto import tqdm
 
 from revision_plugin.align import load_operator, open_source, train_mode
+from revision_plugin.align.device import device_arg
+from revision_plugin.align.passes import (
+    DEVICE_CHUNK_ROWS,
+    as_tensor,
+    bad_row_masks,
+    default_threads,
+    raise_or_skip,
+    single_threaded_kernels,
+    uses_staging,
+)
 from revision_plugin.align.sources import DEFAULT_CHUNK_ROWS
-from revision_plugin.align.stats import normalized_blocks
 from revision_plugin.argtypes import positive_int
+from revision_plugin.atomic import atomic_file, shared_mode
 from revision_plugin.errors import RevisionError, check_writable
+from revision_plugin.runtime import resolve_device
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -32,43 +50,170 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--train-mode", action="store_true",
                         help="apply training-time behaviour (C3: draw the noise once; seed with -o seed=… at fit)")
     parser.add_argument("--chunk-rows", type=positive_int, default=DEFAULT_CHUNK_ROWS, help="rows read per chunk")
+    parser.add_argument("--device", type=device_arg, default="cpu",
+                        help="where the map runs: cpu (default), cuda or cuda:N")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
+# Rows per block on the CPU: 1024×1280 float32 in and out (10 MB) stay in L3.
+APPLY_BLOCK_ROWS = 1024
+
+
 def align_file(operator, source, out: Path, image: bool = False, chunk_rows: int = DEFAULT_CHUNK_ROWS,
-               progress: bool = True) -> int:
-    """Write ``operator`` applied to every row of ``source`` to ``out`` (float32 .npy)."""
-    transform = operator.transform_target if image else operator.transform
-    tmp = out.with_name(out.name + ".partial")
+               progress: bool = True, device: str | torch.device | None = None, threads: int | None = None) -> int:
+    """Write ``operator`` applied to every row of ``source`` to ``out`` (float32 .npy).
+
+    Rows go through ``operator.map_rows`` in blocks (float32 for ReAlign, float64 for the
+    others) on ``device`` (the operator's buffers are moved there). On the CPU the blocks of
+    each chunk are shared among ``threads`` workers (default: torch's thread count; one in
+    training mode, so a seeded noise stream stays in row order), each with its own reused
+    buffers; the output file is allocated up front and every block is written at its offset
+    with ``pwrite``, so nothing grows with N.
+    """
+    device = resolve_device(device)
+    operator = operator.to(device)
+    threads = default_threads() if threads is None else max(1, threads)
+    if device.type != "cpu" or operator.training:
+        threads = 1
     header = {"descr": np.lib.format.dtype_to_descr(np.dtype("<f4")), "fortran_order": False,
               "shape": (source.num_rows, source.dim)}
+    if uses_staging(device):  # an accelerator maps a whole (large) chunk at once
+        chunk_rows = max(chunk_rows, DEVICE_CHUNK_ROWS)
+    block_rows = chunk_rows if uses_staging(device) else APPLY_BLOCK_ROWS
     written = 0
-    try:
-        with open(tmp, "wb") as f, tqdm(total=source.num_rows, unit="row", unit_scale=True,
-                                          disable=not progress, desc="align") as bar:
-            np.lib.format.write_array_header_1_0(f, header)
-            with torch.no_grad():
-                for x, _, inv_norm in normalized_blocks(source, None, chunk_rows, bar.update):
-                    aligned = transform(x * inv_norm[:, None]).to(torch.float32).numpy()
-                    finite = np.isfinite(aligned).all(axis=1)
-                    if not finite.all():
-                        row = written + int(np.flatnonzero(~finite)[0])
-                        raise RevisionError(
-                            f"{source.name}: the {operator.method} operator produced NaN/Inf for row {row}; "
-                            f"no output written"
-                        )
-                    f.write(aligned.tobytes())
-                    written += len(aligned)
+    # A temp file next to ``out``, renamed into place only when every row is written.
+    with atomic_file(out, fsync=False, mode=shared_mode(out)) as f:
+        np.lib.format.write_array_header_1_0(f, header)
+        f.flush()  # the blocks below go straight to the descriptor
+        data_offset = f.tell()
+        fd = f.fileno()
+        _preallocate(fd, data_offset + source.num_rows * source.dim * 4)
+        workers = [_Worker(operator, source, fd, data_offset, image, block_rows, device) for _ in range(threads)]
+        kernels = single_threaded_kernels() if device.type == "cpu" else contextlib.nullcontext()
+        with contextlib.ExitStack() as stack:
+            pool = stack.enter_context(ThreadPoolExecutor(threads)) if threads > 1 else None
+            stack.enter_context(kernels)
+            stack.enter_context(torch.no_grad())
+            bar = stack.enter_context(tqdm(total=source.num_rows, unit="row", unit_scale=True,
+                                      disable=not progress, desc="align"))
+            for first_row, chunk in source.chunks(chunk_rows):
+                blocks = [(chunk[lo : lo + block_rows], first_row + lo, written + lo)
+                          for lo in range(0, len(chunk), block_rows)]
+                if pool is None:
+                    workers[0].run(blocks)
+                else:
+                    futures = [pool.submit(w.run, blocks[k::threads]) for k, w in enumerate(workers)]
+                    failures = [future.result() for future in futures]
+                    failures = [fail for fail in failures if fail is not None]
+                    if failures:
+                        raise min(failures, key=lambda fail: fail[0])[1]
+                written += len(chunk)
+                bar.update(len(chunk))
         if written != source.num_rows:
             raise RevisionError(f"{source.name}: wrote {written} rows, expected {source.num_rows}")
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
     return written
 
 
+class _Worker:
+    """Maps blocks with its own buffers and writes each at its row's offset."""
+
+    def __init__(self, operator, source, fd: int, data_offset: int, image: bool, block_rows: int, device) -> None:
+        self.operator, self.name, self.fd, self.image = operator, source.name, fd, image
+        self.data_offset, self.row_bytes = data_offset, source.dim * 4
+        self.buffers = _Buffers(source.dim, block_rows, device)
+
+    def run(self, blocks) -> tuple[int, Exception] | None:
+        """Blocks ``(rows, first_row, out_row)`` in order; the first failure as ``(out_row, error)``
+        (raised directly when running in the caller's thread)."""
+        for rows, first_row, out_row in blocks:
+            try:
+                self.block(rows, first_row, out_row)
+            except Exception as err:  # handed to the caller, which raises the earliest
+                if threading.current_thread() is threading.main_thread():
+                    raise
+                return out_row, err
+        return None
+
+    def block(self, rows: np.ndarray, first_row: int, out_row: int) -> None:
+        x = self.buffers.load(rows)
+        aligned = _map_block(self.operator, self.name, first_row, x, self.image, self.buffers.out(len(x)))
+        host = self.buffers.to_host(aligned)
+        if not _all_finite(aligned):
+            row = out_row + int(np.flatnonzero(~np.isfinite(host).all(axis=1))[0])
+            raise RevisionError(
+                f"{self.name}: the {self.operator.method} operator produced NaN/Inf for row {row}; no output written"
+            )
+        _pwrite_all(self.fd, host, self.data_offset + out_row * self.row_bytes)
+
+
+class _Buffers:
+    """Reused float32 input/output blocks on the device (and a pinned host copy for CUDA)."""
+
+    def __init__(self, dim: int, rows: int, device: torch.device) -> None:
+        self.device, self.on_cpu = device, not uses_staging(device)
+        self.input = torch.empty(rows, dim, dtype=torch.float32, device=device)
+        self.output = torch.empty(rows, dim, dtype=torch.float32, device=device)
+        pin = device.type == "cuda"
+        self.host = self.output if self.on_cpu else torch.empty(rows, dim, dtype=torch.float32, pin_memory=pin)
+
+    def load(self, rows: np.ndarray) -> torch.Tensor:
+        """float32 rows as a float32 tensor on the device (a view on the CPU); float64 rows stay
+        float64 (the operator's float64 map), float16 rows widen exactly to float32."""
+        if rows.dtype == np.float64:
+            return as_tensor(rows).to(self.device)
+        if self.on_cpu:
+            return as_tensor(rows) if rows.dtype == np.float32 else as_tensor(rows).to(torch.float32)
+        staged = self.host[: len(rows)]  # pinned: the copy to the device is one DMA
+        np.copyto(staged.numpy(), rows, casting="safe")
+        x = self.input[: len(rows)]
+        return x.copy_(staged, non_blocking=True)
+
+    def out(self, rows: int) -> torch.Tensor:
+        return self.output[:rows]
+
+    def to_host(self, aligned: torch.Tensor) -> np.ndarray:
+        if self.on_cpu:
+            return aligned.to(torch.float32).numpy()
+        host = self.host[: len(aligned)]
+        host.copy_(aligned)  # synchronous: the pinned block is refilled by the next load
+        return host.numpy()
+
+
+def _map_block(operator, name: str, first_row: int, x: torch.Tensor, image: bool, out: torch.Tensor) -> torch.Tensor:
+    """Validate the rows (float32 norms; float64 to tell overflow from NaN/Inf) and map them."""
+    norm = torch.linalg.vector_norm(x, dim=1)
+    if bad_row_masks(norm) is not None:
+        x = x.to(torch.float64)
+        norm = torch.linalg.vector_norm(x, dim=1)
+        masks = bad_row_masks(norm)
+        if masks is not None:
+            raise_or_skip(name, first_row, masks, None)
+    return operator.map_rows(x, norm, image, out=out if x.dtype == torch.float32 else None)
+
+
+def _all_finite(aligned: torch.Tensor) -> bool:
+    return bool(torch.isfinite(aligned.sum()))
+
+
+def _preallocate(fd: int, size: int) -> None:
+    """Reserve the output's blocks up front: faster writes, and a full disk fails before any work."""
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError as err:
+        if err.errno not in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+            raise
+
+
+def _pwrite_all(fd: int, rows: np.ndarray, offset: int) -> None:
+    view = memoryview(np.ascontiguousarray(rows)).cast("B")
+    while view:
+        done = os.pwrite(fd, view, offset)
+        view, offset = view[done:], offset + done
+
+
 def run(args: argparse.Namespace) -> int:
+    device = resolve_device(args.device)  # before anything is read or written
     if args.out.exists() and not args.overwrite:
         raise RevisionError(f"{args.out} exists; pass --overwrite to replace it")
     check_writable(args.out)
@@ -77,6 +222,6 @@ def run(args: argparse.Namespace) -> int:
     source = open_source(args.inputs)
     operator = load_operator(args.operator, expected_dim=source.dim, encoder_id=source.encoder_id)
     with train_mode(operator, args.train_mode):
-        rows = align_file(operator, source, args.out, args.image, args.chunk_rows, not args.no_progress)
+        rows = align_file(operator, source, args.out, args.image, args.chunk_rows, not args.no_progress, device)
     print(f"aligned {rows} rows with {operator.method} -> {args.out}")
     return 0

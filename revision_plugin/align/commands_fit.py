@@ -7,30 +7,26 @@ are all-reduced over a gloo/nccl process group, and rank 0 writes the operator.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import os
 from pathlib import Path
 
 import torch
 
 from revision_plugin.align import OPERATOR_REGISTRY, fit_operator
 from revision_plugin.align.base import OPERATOR_CONFIG_NAME
+from revision_plugin.align.device import device_arg
 from revision_plugin.align.sources import DEFAULT_CHUNK_ROWS
 from revision_plugin.argtypes import positive_int
 from revision_plugin.errors import RevisionError, check_writable
+from revision_plugin.parsing import json_or_text, split_assignment
+from revision_plugin.runtime import init_distributed, resolve_device, shutdown_distributed
 
 logger = logging.getLogger(__name__)
 
 
 def parse_option(text: str) -> tuple[str, object]:
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    try:
-        return key, json.loads(value)
-    except json.JSONDecodeError:
-        return key, value
+    key, value = split_assignment(text, lambda t: argparse.ArgumentTypeError(f"expected KEY=VALUE, got {t!r}"))
+    return key, json_or_text(value)
 
 
 def _methods_help() -> str:
@@ -56,18 +52,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--skip-bad", action="store_true",
                         help="exclude NaN/Inf/zero-norm rows instead of stopping; their count and first rows are reported")
     parser.add_argument("--chunk-rows", type=positive_int, default=DEFAULT_CHUNK_ROWS, help="rows read per chunk")
+    parser.add_argument("--device", type=device_arg, default="cpu",
+                        help="where the statistics are computed: cpu (default, all cores), cuda or cuda:N")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing operator in --out")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
-def _maybe_init_distributed() -> bool:
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or torch.distributed.is_initialized():
-        return False
-    torch.distributed.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
-    return True
-
-
 def run(args: argparse.Namespace) -> int:
+    device = resolve_device(args.device)  # before anything is read or written
     if (args.out / OPERATOR_CONFIG_NAME).exists() and not args.overwrite:
         raise RevisionError(f"{args.out} already holds an operator; pass --overwrite to replace it")
     check_writable(args.out, directory=True)  # before the passes over the data, not after
@@ -75,13 +67,13 @@ def run(args: argparse.Namespace) -> int:
     repeated = sorted({key for key in keys if keys.count(key) > 1})
     if repeated:
         raise RevisionError(f"-o {', '.join(repeated)} given more than once; give each option once")
-    started = _maybe_init_distributed()
+    started = init_distributed()
     try:
         rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
         operator = fit_operator(
             args.method, args.text, args.image,
             encoder_id=args.encoder_id, skip_bad=args.skip_bad,
-            progress=not args.no_progress and rank == 0, chunk_rows=args.chunk_rows,
+            progress=not args.no_progress and rank == 0, chunk_rows=args.chunk_rows, device=device,
             **dict(args.option),
         )
         if rank == 0:
@@ -90,5 +82,5 @@ def run(args: argparse.Namespace) -> int:
             print(f"fitted {args.method} (dim {operator.dim}; {counts}) -> {args.out}")
     finally:
         if started:
-            torch.distributed.destroy_process_group()
+            shutdown_distributed()
     return 0

@@ -22,6 +22,8 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from revision_plugin.errors import BadInputError
+from revision_plugin.runtime import shard_bounds
+from revision_plugin.store.layout import npy_data_offset
 
 DEFAULT_CHUNK_ROWS = 8192
 _FLOAT_DTYPES = (np.dtype("<f4"), np.dtype("<f8"), np.dtype("<f2"))
@@ -37,15 +39,6 @@ class ChunkSource(Protocol):
     def chunks(self, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> Iterator[tuple[int, np.ndarray]]: ...
 
     def shard(self, rank: int, world_size: int) -> ChunkSource: ...
-
-
-def shard_bounds(num_rows: int, rank: int, world_size: int) -> tuple[int, int]:
-    """Contiguous, balanced row range of ``rank`` out of ``world_size``."""
-    if not 0 <= rank < world_size:
-        raise ValueError(f"rank {rank} outside world of size {world_size}")
-    base, extra = divmod(num_rows, world_size)
-    start = rank * base + min(rank, extra)
-    return start, start + base + (1 if rank < extra else 0)
 
 
 @dataclass
@@ -65,19 +58,10 @@ class NpySource:
         self.path = Path(self.path)
         if not self.path.is_file():
             raise FileNotFoundError(f"{self.path}: no such file")
-        with open(self.path, "rb") as f:
-            try:
-                version = np.lib.format.read_magic(f)
-                if version == (1, 0):
-                    header = np.lib.format.read_array_header_1_0(f)
-                elif version == (2, 0):
-                    header = np.lib.format.read_array_header_2_0(f)
-                else:
-                    raise ValueError(f"unsupported .npy format version {version}")
-                shape, fortran, dtype = header
-            except ValueError as err:
-                raise BadInputError(f"{self.path}: not a readable .npy file ({err})") from err
-            self._data_offset = f.tell()
+        try:
+            self._data_offset, shape, fortran, dtype = npy_data_offset(self.path)
+        except ValueError as err:
+            raise BadInputError(f"{self.path}: not a readable .npy file ({err})") from err
         if len(shape) != 2:
             raise BadInputError(f"{self.path}: expected a 2-D [rows, dim] array, got shape {shape}")
         if fortran:

@@ -2,14 +2,15 @@
 
 Every statistic is a plain sum (count, Σe, Σ‖e‖², optionally Σeeᵀ), so merging shards is
 addition and multi-process fitting is one ``all_reduce``: stats of shards merged equal the
-stats of the whole to fp64 round-off. Rows are validated and normalised on the way in;
-rows are processed in cache-sized float64 blocks so memory never depends on N.
+stats of the whole to fp64 round-off. Rows are validated and normalised on the way in
+(``passes``): cache-sized float64 blocks, threads on the CPU, one stream on an accelerator,
+so memory never depends on N.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,13 +18,14 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from revision_plugin.align.device import all_reduce_sum_
+from revision_plugin.align.passes import ZERO_NORM, normalized_blocks, reduce_pass
 from revision_plugin.align.sources import DEFAULT_CHUNK_ROWS, ChunkSource
 from revision_plugin.errors import BadInputError
 
 logger = logging.getLogger(__name__)
 
-BLOCK_ROWS = 256
-ZERO_NORM = 1e-12
+__all__ = ["ZERO_NORM", "BadRows", "MomentStats", "accumulate", "check_dim", "normalized_blocks"]
 MAX_REPORTED_BAD_ROWS = 20
 
 
@@ -39,6 +41,12 @@ class BadRows:
         room = MAX_REPORTED_BAD_ROWS - len(self.examples)
         self.examples.extend((name, int(r), reason) for r in rows[:room])
 
+    def merge(self, other: BadRows) -> None:
+        """Append ``other``'s report (a later shard's rows) to this one."""
+        self.count += other.count
+        room = MAX_REPORTED_BAD_ROWS - len(self.examples)
+        self.examples.extend(other.examples[:room])
+
     def summary(self) -> str:
         shown = ", ".join(f"{n} row {r} ({why})" for n, r, why in self.examples)
         more = "" if self.count <= len(self.examples) else f", … {self.count - len(self.examples)} more"
@@ -48,43 +56,6 @@ class BadRows:
 def check_dim(source: ChunkSource, dim: int) -> None:
     if source.dim != dim:
         raise BadInputError(f"{source.name}: embedding dim {source.dim}, expected {dim}")
-
-
-def normalized_blocks(
-    source: ChunkSource,
-    skip_bad: BadRows | None = None,
-    chunk_rows: int = DEFAULT_CHUNK_ROWS,
-    progress: Callable[[int], None] | None = None,
-) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """Yield ``(x, norm, inv_norm)``: float64 raw rows ``x``, ``‖x‖`` and ``1/‖x‖``, validated.
-
-    The unit vectors are ``x * inv_norm[:, None]``; callers fold the scaling into their
-    reductions instead of materialising them. A non-finite row has a non-finite norm
-    (float32/16 values cannot overflow float64), so one reduction checks both conditions.
-    Without ``skip_bad`` the first bad row raises an error naming the source and row.
-    """
-    for first_row, chunk in source.chunks(chunk_rows):
-        for lo in range(0, len(chunk), BLOCK_ROWS):
-            x = torch.from_numpy(chunk[lo : lo + BLOCK_ROWS].astype(np.float64))  # a writable fp64 copy
-            norm = torch.linalg.vector_norm(x, dim=1)
-            bad_nonfinite = ~torch.isfinite(norm)
-            bad_zero = norm <= ZERO_NORM
-            if bool(bad_nonfinite.any() or bad_zero.any()):
-                rows = first_row + lo
-                nonfinite = (torch.nonzero(bad_nonfinite).flatten() + rows).numpy()
-                zero = (torch.nonzero(bad_zero).flatten() + rows).numpy()
-                if skip_bad is None:
-                    row, reason = (nonfinite[0], "NaN or Inf values") if len(nonfinite) else (zero[0], "zero norm")
-                    raise BadInputError(
-                        f"{source.name}: row {row} has {reason}; fix the data or pass --skip-bad"
-                    )
-                skip_bad.add(source.name, nonfinite, "NaN or Inf values")
-                skip_bad.add(source.name, zero, "zero norm")
-                keep = ~(bad_nonfinite | bad_zero)
-                x, norm = x[keep], norm[keep]
-            yield x, norm, norm.reciprocal()
-        if progress is not None:
-            progress(len(chunk))
 
 
 @dataclass
@@ -102,18 +73,30 @@ class MomentStats:
             self.sum = torch.zeros(self.dim, dtype=torch.float64)
 
     @classmethod
-    def empty(cls, dim: int, second_moment: bool = False) -> MomentStats:
-        outer = torch.zeros(dim, dim, dtype=torch.float64) if second_moment else None
-        return cls(dim=dim, outer=outer)
+    def empty(cls, dim: int, second_moment: bool = False, device: torch.device | str | None = None) -> MomentStats:
+        outer = torch.zeros(dim, dim, dtype=torch.float64, device=device) if second_moment else None
+        return cls(dim=dim, sum=torch.zeros(dim, dtype=torch.float64, device=device), outer=outer)
 
     def update_block(self, x: torch.Tensor, norm: torch.Tensor, inv_norm: torch.Tensor) -> None:
-        """Add float64 raw rows ``x`` (norms ``norm``) as unit vectors ``x * inv_norm[:, None]``."""
+        """Add float64 raw rows ``x`` (norms ``norm``) as unit vectors ``x * inv_norm[:, None]``.
+
+        ``sq_norm`` may hold a 0-d tensor on the stats' device while accumulating (no sync per
+        block); ``to_cpu`` turns it back into a float.
+        """
         self.count += x.shape[0]
-        self.sum += x.T @ inv_norm
-        self.sq_norm += float((norm * inv_norm).square().sum())
+        self.sum.addmv_(x.T, inv_norm)
+        self.sq_norm = self.sq_norm + (norm * inv_norm).square().sum()
         if self.outer is not None:
             unit = x * inv_norm[:, None]
-            self.outer += unit.T @ unit
+            self.outer.addmm_(unit.T, unit)
+
+    def to_cpu(self) -> MomentStats:
+        """The same sums as CPU float64 tensors and a float ``sq_norm``."""
+        self.sum = self.sum.to("cpu", torch.float64)
+        self.sq_norm = float(self.sq_norm)
+        if self.outer is not None:
+            self.outer = self.outer.to("cpu", torch.float64)
+        return self
 
     def merge(self, other: MomentStats) -> MomentStats:
         if other.dim != self.dim:
@@ -130,7 +113,7 @@ class MomentStats:
             return self
         scalars = torch.tensor([float(self.count), self.sq_norm], dtype=torch.float64)
         for t in (scalars, self.sum) + (() if self.outer is None else (self.outer,)):
-            torch.distributed.all_reduce(t)
+            all_reduce_sum_(t)
         self.count, self.sq_norm = int(round(scalars[0].item())), float(scalars[1])
         return self
 
@@ -145,7 +128,7 @@ class MomentStats:
     @property
     def trace(self) -> float:
         """``E‖e − μ‖² = E‖e‖² − ‖μ‖²`` (eq. 20)."""
-        return self.sq_norm / self.count - float(self.mean @ self.mean)
+        return float(self.sq_norm) / self.count - float(self.mean @ self.mean)
 
     @property
     def covariance(self) -> torch.Tensor:
@@ -191,9 +174,15 @@ def accumulate(
     skip_bad: BadRows | None = None,
     progress: Callable[[int], None] | None = None,
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    device: torch.device | str | None = None,
+    threads: int | None = None,
 ) -> MomentStats:
-    """One streaming pass over ``source`` (this process's rows only)."""
-    stats = MomentStats.empty(source.dim, second_moment)
-    for x, norm, inv_norm in normalized_blocks(source, skip_bad, chunk_rows, progress):
-        stats.update_block(x, norm, inv_norm)
-    return stats
+    """One streaming pass over ``source`` (this process's rows only); CPU float64 stats back."""
+    stats = reduce_pass(
+        source,
+        lambda: MomentStats.empty(source.dim, second_moment, device),
+        MomentStats.update_block,
+        MomentStats.merge,
+        skip_bad=skip_bad, chunk_rows=chunk_rows, progress=progress, device=device, threads=threads,
+    )
+    return stats.to_cpu()

@@ -7,6 +7,10 @@ The paper reports "accuracy" for every column. Two readings are explicit choices
   ``total`` = (perception + cognition) / 2800. Why ``acc``: see eval/README.md.
 * **MMMU / MMMU-Pro** (``mmmu=``): ``standard`` (lmms-eval's ``mmmu_val`` /
   ``mmmu_pro_standard``) or ``single`` (one merged image per question).
+
+Every metric read here has a scale (accuracies are fractions in [0, 1], MME scores go up to
+2000 / 800, GPT-judged HallusionBench is in %); a value outside it, or not a number, is an
+error naming the file and key (``Run.metric``), never a 9500 % cell.
 """
 
 from __future__ import annotations
@@ -54,14 +58,20 @@ class Benchmark:
 
 
 def _acc(task: str, key: str, scale: float = 100.0, note: str = "") -> Source:
-    return Source(((task, key),), lambda run: None if (v := run.metric(task, key)) is None else v * scale, note)
+    """A metric in [0, 100 / scale]: a fraction times 100 (scale 100), or already a % (scale 1)."""
+    maximum = 100.0 / scale
+    return Source(((task, key),), lambda run: None if (v := run.metric(task, key, maximum)) is None else v * scale, note)
+
+
+# the most each MME score can be: 10 perception / 4 cognition categories x (acc + acc+), each up to 200
+_MME_SCORE_MAX = {"perception": MME_PERCEPTION_MAX, "cognition": MME_COGNITION_MAX}
 
 
 def _mme_scores(task: str, halves: tuple[str, ...], maximum: float, note: str = "") -> Source:
     keys = tuple(f"mme_{h}_score,none" for h in halves)
 
     def read(run: Run) -> float | None:
-        values = [run.metric(task, k) for k in keys]
+        values = [run.metric(task, k, _MME_SCORE_MAX[h]) for k, h in zip(keys, halves)]
         return None if None in values else 100.0 * sum(values) / maximum
 
     return Source(tuple((task, k) for k in keys), read, note)
@@ -79,7 +89,7 @@ def mme_sources(choice: str) -> tuple[Source, ...]:
 
 
 def _sqa_pooled(run: Run) -> float | None:
-    test, dev = run.metric(SQA_TEST, "exact_match,none"), run.metric(SQA_DEV, "exact_match,none")
+    test, dev = run.metric(SQA_TEST, "exact_match,none", 1.0), run.metric(SQA_DEV, "exact_match,none", 1.0)
     if test is None or dev is None:
         return None
     n_test, n_dev = run.n_samples.get(SQA_TEST), run.n_samples.get(SQA_DEV)
@@ -143,15 +153,25 @@ def _pct(value: float | None) -> float | None:
     return None if value is None else 100.0 * value
 
 
+def _fraction(run: Run, task: str, key: str) -> float | None:
+    return _pct(run.metric(task, key, 1.0))
+
+
 def _mme_metric(key: str) -> Callable[[Run], float | None]:
-    return lambda r: r.metric(MME_TASK, key) if r.metric(MME_TASK, key) is not None else r.metric("mme", key)
+    maximum = _MME_SCORE_MAX[key.split("_")[1]]
+
+    def read(run: Run) -> float | None:
+        value = run.metric(MME_TASK, key, maximum)
+        return value if value is not None else run.metric("mme", key, maximum)
+
+    return read
 
 
 def _pope_split_reader(split: str, key: str) -> Callable[[Run], float | None]:
     def read(run: Run) -> float | None:
-        value = run.metric("revision_pope", f"pope_{split}_{key},none")
+        value = run.metric("revision_pope", f"pope_{split}_{key},none", 1.0)
         if value is None:
-            value = run.metric(_POPE_SPLIT_TASKS[split], f"pope_{key},none")
+            value = run.metric(_POPE_SPLIT_TASKS[split], f"pope_{key},none", 1.0)
         return _pct(value)
 
     return read
@@ -159,10 +179,10 @@ def _pope_split_reader(split: str, key: str) -> Callable[[Run], float | None]:
 
 def _hallbench_reader(key: str) -> Callable[[Run], float | None]:
     def read(run: Run) -> float | None:
-        value = run.metric("revision_hallusion_bench_image", f"{key},none")
+        value = run.metric("revision_hallusion_bench_image", f"{key},none", 1.0)
         if value is not None:
             return 100.0 * value
-        return run.metric("hallusion_bench_image", f"{key},none")  # GPT-judged, already in %
+        return run.metric("hallusion_bench_image", f"{key},none", 100.0)  # GPT-judged, already in %
 
     return read
 
@@ -177,18 +197,18 @@ def detail_columns() -> list[tuple[str, Callable[[Run], float | None], str]]:
         ("MME-C %", lambda r: None if (v := c(r)) is None else 100 * v / MME_COGNITION_MAX, "{:.2f}"),
         ("MME (P+C)/2800 %", lambda r: None if p(r) is None or c(r) is None
          else 100 * (p(r) + c(r)) / (MME_PERCEPTION_MAX + MME_COGNITION_MAX), "{:.2f}"),
-        ("MME acc", lambda r: _pct(r.metric(MME_TASK, "mme_acc,none")), "{:.2f}"),
-        ("MME-P acc", lambda r: _pct(r.metric(MME_TASK, "mme_perception_acc,none")), "{:.2f}"),
-        ("MME-C acc", lambda r: _pct(r.metric(MME_TASK, "mme_cognition_acc,none")), "{:.2f}"),
-        ("SQA test", lambda r: _pct(r.metric(SQA_TEST, "exact_match,none")), "{:.2f}"),
-        ("SQA dev", lambda r: _pct(r.metric(SQA_DEV, "exact_match,none")), "{:.2f}"),
+        ("MME acc", lambda r: _fraction(r, MME_TASK, "mme_acc,none"), "{:.2f}"),
+        ("MME-P acc", lambda r: _fraction(r, MME_TASK, "mme_perception_acc,none"), "{:.2f}"),
+        ("MME-C acc", lambda r: _fraction(r, MME_TASK, "mme_cognition_acc,none"), "{:.2f}"),
+        ("SQA test", lambda r: _fraction(r, SQA_TEST, "exact_match,none"), "{:.2f}"),
+        ("SQA dev", lambda r: _fraction(r, SQA_DEV, "exact_match,none"), "{:.2f}"),
     ]
     for split in POPE_SPLITS:
         for name, key in (("acc", "accuracy"), ("F1", "f1_score")):
             cols.append((f"POPE {split[:3]} {name}", _pope_split_reader(split, key), "{:.2f}"))
     for key in ("aAcc", "qAcc", "fAcc"):
         cols.append((f"HallBench {key}", _hallbench_reader(key), "{:.2f}"))
-    cols.append(("HallBench neither %", lambda r: _pct(r.metric("revision_hallusion_bench_image", "neither,none")),
+    cols.append(("HallBench neither %", lambda r: _fraction(r, "revision_hallusion_bench_image", "neither,none"),
                  "{:.2f}"))
     return cols
 

@@ -33,10 +33,22 @@ class Run:
     provenance: dict[Path, dict] = field(default_factory=dict)  # file -> revision eval's provenance block
     superseded: list[tuple[str, Path]] = field(default_factory=list)
 
-    def metric(self, task: str, key: str) -> float | None:
-        value = self.results.get(task, {}).get(key)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    def metric(self, task: str, key: str, maximum: float | None = None) -> float | None:
+        """The metric's value; ``None`` when absent (not evaluated). A value that is present but
+        not a finite number, or outside ``[0, maximum]`` (the metric's own scale, from
+        :mod:`.benchmarks`), is an error naming the file and key: it is never printed, and
+        never shown as "not evaluated"."""
+        metrics = self.results.get(task, {})
+        if key not in metrics:
             return None
+        value = metrics[key]
+        where = f"{self.source.get(task, self.path)}: results[{task!r}][{key!r}]"
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise BadInputError(f"{where} is {value!r}, not a number; fix or re-run this task's evaluation")
+        if value < 0 or (maximum is not None and value > maximum):
+            scale = "a fraction in [0, 1]" if maximum == 1 else f"on a 0-{maximum:g} scale"
+            hint = "; was it written as a percentage?" if maximum == 1 and value <= 100 else ""
+            raise BadInputError(f"{where} is {value!r}, outside its range: this metric is {scale}{hint}")
         return float(value)
 
     def task_provenance(self, task: str) -> dict:

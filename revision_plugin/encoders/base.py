@@ -2,7 +2,9 @@
 
 An ``Encoder`` maps texts and images into one joint embedding space. ``encoder_id`` names
 that space (the same string for both sides) and is written into every feature store and
-operator, so embeddings of different models are never mixed.
+operator, so embeddings of different models are never mixed. ``fingerprint(modality)`` tells
+two models apart whatever their directories are called (``encoders/fingerprint.py``); a
+feature store records it and holds one encoder.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from pathlib import Path
 import torch
 
 from revision_plugin.errors import RevisionError
+from revision_plugin.runtime import DTYPE_NAMES, dtype_named
 
 logger = logging.getLogger(__name__)
 
@@ -23,6 +26,7 @@ class Encoder:
 
     kind: str = ""
     encoder_id: str
+    model_source: str | None = None  # the directory or hub id the model was loaded from
     dim: int
     device: torch.device
     dtype: torch.dtype
@@ -52,6 +56,21 @@ class Encoder:
     def text_length(self, text: str) -> int:
         """Cheap proxy of a text's padded cost, used to sort batches by length."""
         return len(text)
+
+    def fingerprint_inputs(self, modality: str) -> tuple[dict[str, str | None], dict]:
+        """``(models, settings)`` that decide the vectors of ``modality``: the model sources
+        whose files are hashed, and the encoding settings (after ``prepare(modality)``)."""
+        return {"model": self.model_source}, {}
+
+    def fingerprint(self, modality: str) -> str | None:
+        """The identity of the model(s) and settings behind ``modality``'s vectors; ``None`` when
+        the encoder cannot say (no ``model_source``)."""
+        from revision_plugin.encoders.fingerprint import encoder_fingerprint
+
+        models, settings = self.fingerprint_inputs(modality)
+        if not any(models.values()):
+            return None
+        return encoder_fingerprint(self.kind, models, {"modality": modality, "dim": self.dim, **settings})
 
     def info(self) -> dict:
         """Settings recorded in the feature store's manifest."""
@@ -83,11 +102,10 @@ def resolve_device_dtype(device: str | torch.device, dtype) -> tuple[torch.devic
     if dtype is None:
         dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     elif isinstance(dtype, str):
-        names = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16,
-                 "float16": torch.float16, "fp32": torch.float32, "float32": torch.float32}
-        if dtype not in names:
-            raise RevisionError(f"unknown dtype {dtype!r}; use one of {sorted(names)}")
-        dtype = names[dtype]
+        named = dtype_named(dtype)
+        if named is None:
+            raise RevisionError(f"unknown dtype {dtype!r}; use one of {sorted(DTYPE_NAMES)}")
+        dtype = named
     return device, dtype
 
 

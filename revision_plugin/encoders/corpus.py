@@ -7,10 +7,15 @@ modality is taken. Ids are stored as strings (``7`` and ``"7"`` are the same id,
 holding both is refused as a duplicate). Structural problems (missing id/field, duplicate
 id, unparsable line) are errors naming the file and row; a present-but-empty text is not an
 error here but is rejected later with a reason, so one bad caption does not stop a corpus.
+
+``content_hash`` is what a feature store records per row so that a resumed ``revision
+embed`` can tell an unchanged input from an edited one: blake2b-128 of the text's UTF-8
+bytes, or of the image file's bytes (not its path: a moved image is the same input).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Iterable
@@ -19,6 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from revision_plugin.errors import BadInputError
+
+CONTENT_HASH_BYTES = 16
 
 # dataset.json list name and default value field per modality.
 _DATASET_JSON_KEYS = {"text": ("texts", "text"), "image": ("images", "image")}
@@ -84,6 +91,27 @@ def read_corpus(
             value = str(root / value)
         items.append(CorpusItem(item_id, value, where))
     return items
+
+
+def bytes_hash(data: bytes) -> str:
+    return hashlib.blake2b(data, digest_size=CONTENT_HASH_BYTES).hexdigest()
+
+
+def content_hash(modality: str, value: Any) -> str | None:
+    """Hash of a record's content (text, or image file bytes); ``None`` when there is none to
+    hash (not a string, or an image file that cannot be read: such inputs are rejected)."""
+    if not isinstance(value, str):
+        return None
+    if modality == "text":
+        return bytes_hash(value.encode("utf-8", "surrogatepass"))
+    digest = hashlib.blake2b(digest_size=CONTENT_HASH_BYTES)
+    try:
+        with open(value, "rb") as f:
+            while block := f.read(1 << 20):
+                digest.update(block)
+    except OSError:
+        return None
+    return digest.hexdigest()
 
 
 def _check_inside(where: str, item_id: str, value: str, root: Path, real_root: str) -> None:

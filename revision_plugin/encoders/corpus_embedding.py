@@ -2,7 +2,18 @@
 
 Every input id ends in exactly one place: the store, or the store's ``rejected.jsonl`` with a
 reason (empty text, missing/unreadable/corrupt image, non-finite embedding). A rerun after a
-kill skips every id a previous run committed (stored or rejected) and continues. Process
+kill continues where it stopped, keyed on content, not on ids alone:
+
+* an id stored with the same content hash (text, or image file bytes) is skipped;
+* an id stored with *other* content is an error naming it, unless ``update`` (``--update``):
+  then its row is taken out and re-embedded (``StoreWriter.drop``);
+* an id rejected by an earlier run is tried again (a fixed ``--image-root``, a repaired file);
+* the store holds one encoder: a model with another fingerprint (``encoders/fingerprint.py``)
+  is refused, even when its directory has the same name. Rows written before fingerprints
+  and content hashes were recorded cannot be checked: the run refuses to add to them
+  unless ``update``, which re-embeds them all (every one must be in the input).
+
+Process
 ``rank`` of ``world_size`` takes inputs ``rank, rank + world_size, ...``: a fixed split that
 does not depend on what other ranks have done, so ranks never race for the same id, and a
 resume may use a different number of processes.
@@ -10,6 +21,7 @@ resume may use a different number of processes.
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import signal
@@ -23,8 +35,8 @@ from pathlib import Path
 import numpy as np
 
 from revision_plugin.encoders.base import Encoder
-from revision_plugin.encoders.corpus import CorpusItem
-from revision_plugin.errors import BadInputError
+from revision_plugin.encoders.corpus import CorpusItem, bytes_hash, content_hash
+from revision_plugin.errors import BadInputError, RevisionError
 from revision_plugin.store import DEFAULT_SHARD_ROWS, StoreWriter, finalize_store, lock
 
 logger = logging.getLogger(__name__)
@@ -39,7 +51,9 @@ class EmbedSummary:
     modality: str
     store_dir: Path
     assigned: int = 0  # inputs assigned to this rank
-    already_done: int = 0  # of those, committed by an earlier run
+    already_done: int = 0  # of those, stored by an earlier run with the same content
+    retried: int = 0  # of those, rejected by an earlier run and tried again
+    updated: int = 0  # of those, stored by an earlier run with other content, re-embedded (update)
     embedded: int = 0
     rejected: int = 0
     reasons: Counter = field(default_factory=Counter)
@@ -65,6 +79,7 @@ def embed_corpus(
     world_size: int = 1,
     image_workers: int = 4,
     finalize: bool = True,
+    update: bool = False,
 ) -> EmbedSummary:
     """Embed this rank's share of ``items`` into ``store_dir``; see the module docstring.
 
@@ -73,6 +88,8 @@ def embed_corpus(
     """
     if modality not in ("text", "image"):
         raise ValueError(f"modality must be 'text' or 'image', not {modality!r}")
+    if update and world_size != 1:
+        raise RevisionError("--update re-embeds changed rows in one process; run it without torchrun")
     store_dir = Path(store_dir)
     summary = EmbedSummary(modality, store_dir)
     started = time.perf_counter()
@@ -80,10 +97,11 @@ def embed_corpus(
     writer = StoreWriter(
         store_dir, encoder.encoder_id, encoder.dim, rank=rank, world_size=world_size,
         shard_rows=shard_rows, modality=modality, meta=encoder.info(), finalize=False,
+        encoder_fingerprint=encoder.fingerprint(modality), adopt_unfingerprinted=update,
     )
     try:
         _embed_into(writer, encoder, items, summary, modality, batch_size, sort_by_length, strict, progress,
-                    rank, world_size, image_workers)
+                    rank, world_size, image_workers, update)
         summary.seconds = time.perf_counter() - started
         if finalize:
             _finalize_across_ranks(store_dir, rank, world_size)
@@ -96,13 +114,25 @@ def embed_corpus(
 
 
 def _embed_into(writer, encoder, items, summary, modality, batch_size, sort_by_length, strict, progress,
-                rank, world_size, image_workers) -> None:
+                rank, world_size, image_workers, update) -> None:
     store_dir = writer.store_dir
     mine = list(items[rank::world_size])
+    try:
+        problem = _reconcile(writer, items, mine, modality, update, image_workers, summary)
+    except BaseException:
+        writer.close(finalize=False, release=False)
+        raise
+    if _any_rank(problem is not None, encoder.device):
+        # Every rank stops here, before writing anything: the job's shared lock can go now.
+        writer.close(finalize=False, release=rank == 0)
+        raise problem or RevisionError(f"{store_dir}: another process of this run found inputs changed since they "
+                                       "were embedded (see its error); nothing was embedded")
     todo = [item for item in mine if item.id not in writer.done_ids]
     summary.assigned, summary.already_done = len(mine), len(mine) - len(todo)
-    if summary.already_done:
-        logger.info("%s: %d of %d inputs already done, resuming", store_dir, summary.already_done, len(mine))
+    summary.retried = sum(1 for item in todo if item.id in writer.rejected)
+    if summary.already_done or summary.retried:
+        logger.info("%s: %d of %d inputs already done, %d rejected before and tried again", store_dir,
+                    summary.already_done, len(mine), summary.retried)
 
     def reject(item: CorpusItem, reason: str) -> None:
         if strict:
@@ -111,13 +141,13 @@ def _embed_into(writer, encoder, items, summary, modality, batch_size, sort_by_l
         summary.rejected += 1
         summary.reasons[reason.split(":")[0]] += 1
 
-    def store(batch_items: list[CorpusItem], vectors) -> None:
+    def store(batch_items: list[CorpusItem], vectors, hashes: list[str]) -> None:
         vectors = vectors.numpy() if hasattr(vectors, "numpy") else np.asarray(vectors)
         finite = np.isfinite(vectors).all(axis=1)
         for item in (it for it, ok in zip(batch_items, finite) if not ok):
             reject(item, "non-finite embedding: the encoder returned NaN/Inf")
         kept = [it.id for it, ok in zip(batch_items, finite) if ok]
-        writer.add(kept, vectors[finite])
+        writer.add(kept, vectors[finite], hashes=[h for h, ok in zip(hashes, finite) if ok])
         summary.embedded += len(kept)
 
     from tqdm.auto import tqdm
@@ -131,9 +161,9 @@ def _embed_into(writer, encoder, items, summary, modality, batch_size, sort_by_l
             if modality == "text"
             else _image_batches(encoder, todo, batch_size, image_workers, reject)
         )
-        for batch_items, vectors, handled in batches:
+        for batch_items, vectors, handled, hashes in batches:
             if batch_items:
-                store(batch_items, vectors)
+                store(batch_items, vectors, hashes)
             bar.update(handled)
             batches_done += 1
             if kill_after and batches_done >= kill_after:
@@ -144,8 +174,66 @@ def _embed_into(writer, encoder, items, summary, modality, batch_size, sort_by_l
         writer.close(finalize=False, release=False)
 
 
+def _reconcile(writer, items, mine, modality, update, workers, summary) -> BadInputError | None:
+    """Compare this rank's inputs stored before with what they hold now; under ``update`` take
+    changed rows out (to be re-embedded), else return the error that stops the run."""
+    stored = writer.stored
+    if not stored:
+        return None
+    done = [item for item in mine if item.id in stored]
+    if modality == "text":
+        now = [content_hash("text", item.value) for item in done]
+    else:
+        with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="revision-hash") as pool:
+            now = list(pool.map(lambda item: content_hash("image", item.value), done))
+    changed = [(item, content) for item, content in zip(done, now) if stored[item.id] is None or stored[item.id] != content]
+    if changed and not update:
+        first, content = changed[0]
+        if stored[first.id] is None:
+            why = "was stored without a content hash (by an older revision_plugin), so whether it changed is unknown"
+        elif content is None:
+            why = f"is stored, but its image file {first.value} is now missing or unreadable"
+        else:
+            why = f"is stored with other {'text' if modality == 'text' else 'image content'} than it has now"
+        return BadInputError(
+            f"{first.where}: id {first.id!r} {why} ({len(changed)} such input(s) for {writer.store_dir}); pass "
+            "--update to re-embed changed inputs, or write to another --out"
+        )
+    if update:
+        in_input = {item.id for item in items}
+        left = [item_id for item_id in writer.unfingerprinted if item_id not in in_input]
+        if left:
+            raise RevisionError(
+                f"{writer.store_dir}: {len(left)} row(s) written without an encoder fingerprint are not in this input "
+                f"(e.g. {left[0]!r}), so --update cannot re-embed them; give the complete input or write to another --out"
+            )
+        drop = {item.id for item, _ in changed} | set(writer.unfingerprinted)
+        writer.drop(drop)
+        summary.updated = len(drop)
+    return None
+
+
+def _any_rank(flag: bool, device) -> bool:
+    """``flag`` of any process of a torch.distributed run (so that all stop together); NCCL
+    reduces on this rank's GPU (the encoder's device)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return flag
+    import torch
+
+    device = torch.device(device)
+    if dist.get_backend() != "nccl":
+        device = torch.device("cpu")
+    elif device.type != "cuda":
+        device = torch.device("cuda", torch.cuda.current_device())
+    value = torch.tensor([int(flag)], device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
+
+
 def _text_batches(encoder: Encoder, todo: list[CorpusItem], batch_size: int, sort_by_length: bool, reject):
-    """Yield ``(items, vectors, inputs_handled)``; empty texts are rejected, never encoded."""
+    """Yield ``(items, vectors, inputs_handled, content_hashes)``; empty texts are rejected, never encoded."""
     valid = []
     for item in todo:
         if not isinstance(item.value, str):
@@ -155,18 +243,19 @@ def _text_batches(encoder: Encoder, todo: list[CorpusItem], batch_size: int, sor
         else:
             valid.append(item)
     if len(todo) > len(valid):
-        yield [], None, len(todo) - len(valid)
+        yield [], None, len(todo) - len(valid), []
     if sort_by_length:
         # Longest first: batches of similar length waste little on padding, and an
         # out-of-memory batch size shows up in the first step instead of hours later.
         valid.sort(key=lambda item: encoder.text_length(item.value), reverse=True)
     for lo in range(0, len(valid), batch_size):
         batch = valid[lo : lo + batch_size]
-        yield batch, encoder.encode_texts([item.value for item in batch]), len(batch)
+        yield (batch, encoder.encode_texts([item.value for item in batch]), len(batch),
+               [content_hash("text", item.value) for item in batch])
 
 
 def _image_batches(encoder: Encoder, todo: list[CorpusItem], batch_size: int, workers: int, reject):
-    """Yield ``(items, vectors, inputs_handled)``; decoding runs ahead in a thread pool."""
+    """Yield ``(items, vectors, inputs_handled, content_hashes)``; decoding runs ahead in a thread pool."""
     import torch
 
     batches = [todo[lo : lo + batch_size] for lo in range(0, len(todo), batch_size)]
@@ -182,38 +271,50 @@ def _image_batches(encoder: Encoder, todo: list[CorpusItem], batch_size: int, wo
             results = [future.result() for future in in_flight.popleft()]
             if k + IMAGE_BATCHES_IN_FLIGHT < len(batches):
                 submit(k + IMAGE_BATCHES_IN_FLIGHT)
-            kept, pixels = [], []
-            for item, (pixel_values, reason) in zip(batch, results):
+            kept, pixels, hashes = [], [], []
+            for item, (pixel_values, reason, content) in zip(batch, results):
                 if reason is not None:
                     reject(item, reason)
                 else:
                     kept.append(item)
                     pixels.append(pixel_values)
+                    hashes.append(content)
             vectors = encoder.encode_pixels(torch.cat(pixels)) if pixels else None
-            yield kept, vectors, len(batch)
+            yield kept, vectors, len(batch), hashes
 
 
 def load_pixels(encoder: Encoder, path: str):
-    """``(pixel_values [1, 3, H, W], None)`` or ``(None, reason)`` for one image file."""
+    """``(pixel_values [1, 3, H, W], None, content_hash)`` or ``(None, reason, None)`` for one
+    image file; the file is read once, for both the hash and the pixels."""
+    pixels, reason, data = _load_pixels(encoder, path)
+    return pixels, reason, None if reason is not None else bytes_hash(data)
+
+
+def _load_pixels(encoder: Encoder, path: str):
     from PIL import Image, UnidentifiedImageError
 
     if not os.path.isfile(path):
-        return None, f"image file not found: {path}"
+        return None, f"image file not found: {path}", None
     try:
-        with Image.open(path) as image:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as err:
+        return None, f"unreadable image: {type(err).__name__}: {err}: {path}", None
+    try:
+        with Image.open(io.BytesIO(data)) as image:
             # Decode fully now: a truncated file raises here instead of yielding grey pixels.
             image.load()
             image = image.convert("RGB")
     except UnidentifiedImageError:
-        return None, f"unreadable image: not an image file: {path}"
+        return None, f"unreadable image: not an image file: {path}", None
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
-        return None, f"unreadable image: {type(err).__name__}: {err}: {path}"
+        return None, f"unreadable image: {type(err).__name__}: {err}: {path}", None
     if min(image.size) < 1:
-        return None, f"unreadable image: empty ({image.size[0]}x{image.size[1]}): {path}"
+        return None, f"unreadable image: empty ({image.size[0]}x{image.size[1]}): {path}", None
     try:
-        return encoder.preprocess_images([image]), None
+        return encoder.preprocess_images([image]), None, data
     except Exception as err:  # noqa: BLE001 - any processor failure is a property of this image
-        return None, f"unreadable image: preprocessing failed ({type(err).__name__}: {err}): {path}"
+        return None, f"unreadable image: preprocessing failed ({type(err).__name__}: {err}): {path}", None
 
 
 def _finalize_across_ranks(store_dir: Path, rank: int, world_size: int) -> None:

@@ -41,6 +41,7 @@ class HFClipEncoder(Encoder):
         self.max_length = int(self.model.config.text_config.max_position_embeddings)
         self.dim = int(self.model.config.projection_dim)
         self.encoder_id = f"{self.kind}:{model_name(model)}"
+        self.model_source = str(model)
 
     @torch.inference_mode()
     def encode_texts(self, texts: Sequence[str]) -> torch.Tensor:

@@ -136,6 +136,15 @@ class LLM2CLIPEncoder(Encoder):
             info["chat_template"] = self._text.chat_template
         return info
 
+    def fingerprint_inputs(self, modality: str) -> tuple[dict[str, str | None], dict]:
+        if modality != "text":
+            return {"model": self.model_source}, {}
+        # The text side is the adapter of `model` on top of the LLM2Vec text model.
+        settings = {"max_length": self.text_options["max_length"],
+                    "chat_template": self._text.chat_template if self._text is not None else self.text_options["chat_template"]}
+        text_model = str(self.text_model_source) if self.text_model_source else None
+        return {"model": self.model_source, "text_model": text_model}, settings
+
     def _probe_dim(self) -> int:
         size = self.image_processor.crop_size or self.image_processor.size
         height = size.get("height") or size.get("shortest_edge")

@@ -18,6 +18,8 @@ import types
 from contextlib import contextmanager
 from pathlib import Path
 
+from revision_plugin.parsing import TRUE_WORDS
+
 STUB_NAME = "transformers.onnx"
 # The user's own opt-in for processes started by someone else's entry point (LLaVA's scripts).
 TRUST_REMOTE_CODE_ENV = "REVISION_TRUST_REMOTE_CODE"
@@ -34,7 +36,7 @@ def consent_to_remote_code(model: str | Path) -> None:
 def remote_code_allowed(model: str | Path, explicit: bool = False) -> bool:
     """Consent given on the command line (``explicit``), in the user's spec, or by the env var."""
     key = os.path.realpath(model) if os.path.exists(model) else str(model)
-    return explicit or key in _CONSENTED or os.environ.get(TRUST_REMOTE_CODE_ENV, "") in ("1", "true", "yes")
+    return explicit or key in _CONSENTED or os.environ.get(TRUST_REMOTE_CODE_ENV, "").strip().lower() in TRUE_WORDS
 
 
 def needs_remote_code(model: str | Path) -> bool:

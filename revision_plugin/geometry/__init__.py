@@ -3,7 +3,10 @@
 ``metrics``: gap, spectrum and power-law α, effective rank, cosine KDE + JS, kNN mixing and
 overlap, MMD. ``frame``: the fixed U/V frame, PMB/COB, residual κ, Tyler's estimator,
 leakage, coupling, phantom drift. ``report``: ``build_report`` (report.json + PNGs) and
-``format_table``. Needs the ``geometry`` extra (scipy, matplotlib).
+``format_table``, assembled from ``splits`` (fit / held-out rows, pairs), ``measure`` (the
+numbers per operator), ``plots`` (one function per paper figure) and ``table``.
+``commands_report`` / ``commands_demo``: ``revision report`` / ``revision demo --geometry-only``.
+Needs the ``geometry`` extra (scipy, matplotlib).
 """
 
 from revision_plugin.geometry.metrics import (

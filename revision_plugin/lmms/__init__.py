@@ -1,9 +1,12 @@
 """The plugin's lmms-eval integration (the only importer of ``lmms_eval``).
 
 * :mod:`.model` - the ``revision_llava`` model (``RevisionLlava``), registered through
-  :mod:`revision_plugin.lmms_manifest`;
+  :mod:`revision_plugin.lmms_manifest`; LLaVA's prompts, tokens and image processing come from
+  :mod:`revision_plugin.hosts.llava.inference` (this package never imports ``llava``);
 * :mod:`.args` - model-argument parsing (checkpoint, device, dtype);
-* :mod:`.provenance` - package versions, checkpoint fingerprint, template, tower;
+* :mod:`.generation` - a task's generation settings as ``generate`` arguments;
+* :mod:`.provenance` - package versions, checkpoint fingerprint, template (which one to prompt
+  with), tower;
 * :mod:`.datasets` - the suite's datasets at pinned revisions, prefetch and offline runs;
 * :mod:`.runner` - ``revision eval``: the suite task by task over lmms-eval's own API.
 
@@ -16,7 +19,7 @@ from __future__ import annotations
 import importlib
 
 _LAZY = {
-    "RevisionLlava": "model", "choose_conv_template": "model",
+    "RevisionLlava": "model", "choose_conv_template": "provenance",
     "cut_at_stop": "args", "resolve_checkpoint": "args", "resolve_device": "args", "resolve_dtype": "args",
     "DTYPES": "args", "parse_model_args": "args",
 }

@@ -8,23 +8,11 @@ from pathlib import Path
 from typing import Any
 
 from revision_plugin.errors import BadInputError, RevisionError
+from revision_plugin.parsing import assignments
+from revision_plugin.runtime import DTYPE_NAMES, default_device, dtype_named
 
-DTYPES = {"float16": "float16", "fp16": "float16", "half": "float16", "bfloat16": "bfloat16",
-          "bf16": "bfloat16", "float32": "float32", "fp32": "float32", "float": "float32"}
-# generation settings lmms-eval tasks pass that are understood here; anything else is reported once
-_KNOWN_GEN_KWARGS = {"until", "max_new_tokens", "temperature", "top_p", "top_k", "num_beams", "do_sample",
-                     "repetition_penalty", "image_aspect_ratio", "max_gen_toks"}
+DTYPES = DTYPE_NAMES  # (re-exported: revision_plugin.lmms.DTYPES)
 _UNSET_VAR = re.compile(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)\}?")
-
-
-def _as_bool(value: Any) -> bool:
-    if isinstance(value, str):
-        if value.strip().lower() in ("1", "true", "yes", "y", "on"):
-            return True
-        if value.strip().lower() in ("0", "false", "no", "n", "off", ""):
-            return False
-        raise BadInputError(f"revision_llava: expected a boolean, got {value!r}")
-    return bool(value)
 
 
 def resolve_checkpoint(pretrained: Any, what: str = "pretrained") -> Path:
@@ -46,7 +34,7 @@ def resolve_device(device: Any) -> str:
     import torch
 
     if device in (None, "", "auto"):
-        return "cuda:0" if torch.cuda.is_available() else "cpu"
+        return default_device(0)
     device = str(device)
     if device.startswith("cuda"):
         if not torch.cuda.is_available():
@@ -64,10 +52,10 @@ def resolve_dtype(dtype: Any, device: str):
         return torch.float32 if device == "cpu" else torch.float16
     if isinstance(dtype, torch.dtype):
         return dtype
-    key = str(dtype).lower().replace("torch.", "")
-    if key not in DTYPES:
+    named = dtype_named(dtype)
+    if named is None:
         raise BadInputError(f"revision_llava: dtype={dtype!r}; use one of auto, {', '.join(sorted(set(DTYPES)))}")
-    return getattr(torch, DTYPES[key])
+    return named
 
 
 def cut_at_stop(text: str, until: list[str]) -> str:
@@ -80,10 +68,7 @@ def cut_at_stop(text: str, until: list[str]) -> str:
 
 def parse_model_args(text: str) -> dict[str, str]:
     """``"pretrained=/x,dtype=float32"`` -> dict, as lmms-eval splits ``--model_args``."""
-    out: dict[str, str] = {}
-    for part in (p for p in str(text or "").split(",") if p.strip()):
-        key, sep, value = part.partition("=")
-        if not sep:
-            raise BadInputError(f"model_args: {part!r} is not key=value")
-        out[key.strip()] = value.strip()
-    return out
+    def not_key_value(part: str) -> BadInputError:
+        return BadInputError(f"model_args: {part!r} is not key=value")
+
+    return dict(assignments(str(text or ""), not_key_value))

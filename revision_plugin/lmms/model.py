@@ -50,43 +50,25 @@ from tqdm import tqdm
 
 from revision_plugin.errors import BadInputError, RevisionError
 from revision_plugin.lmms.args import (
-    _as_bool,
     cut_at_stop,
     resolve_checkpoint,
     resolve_device,
     resolve_dtype,
 )
+from revision_plugin.lmms.generation import generation_settings
 from revision_plugin.lmms.provenance import (
-    CONV_TEMPLATE_KEY,
-    DEFAULT_CONV_TEMPLATE,
     checkpoint_conv_template,
     checkpoint_fingerprint,
+    choose_conv_template,
     read_config,
     tower_summary,
 )
+from revision_plugin.parsing import parse_bool
+from revision_plugin.runtime import default_device, launched_world_size
 
 logger = logging.getLogger(__name__)
 
-# generation settings lmms-eval tasks pass that are understood here; anything else is reported once
-_KNOWN_GEN_KWARGS = {"until", "max_new_tokens", "temperature", "top_p", "top_k", "num_beams", "do_sample",
-                     "repetition_penalty", "image_aspect_ratio", "max_gen_toks"}
 _END = "\x00revision-end-of-continuation\x00"
-
-
-def choose_conv_template(requested: str | None, from_checkpoint: str | None, known) -> tuple[str, list[str]]:
-    """The template to prompt with, and the warnings to record (see the module doc)."""
-    for name, what in ((requested, "conv_template"), (from_checkpoint, f"the checkpoint's {CONV_TEMPLATE_KEY}")):
-        if name is not None and name not in known:
-            raise BadInputError(f"revision_llava: {what}={name!r} is not one of LLaVA's templates: {', '.join(sorted(known))}")
-    if from_checkpoint is None:
-        used = requested or DEFAULT_CONV_TEMPLATE
-        how = "as given" if requested else "the default"
-        return used, [(f"checkpoint config.json has no {CONV_TEMPLATE_KEY}: prompting with {used} ({how}); "
-                      "it must be the --version the checkpoint was trained with")]
-    if requested is None or requested == from_checkpoint:
-        return from_checkpoint, []
-    return requested, [(f"conv_template={requested} overrides the template the checkpoint was trained with "
-                       f"({from_checkpoint}): prompts are not in the training format")]
 
 
 class RevisionLlava(lmms):
@@ -124,7 +106,7 @@ class RevisionLlava(lmms):
             raise BadInputError(f"revision_llava: empty_answers must be 'warn' or 'error', got {empty_answers!r}")
         self.empty_answers = empty_answers
         self.max_new_tokens_cap = None if max_new_tokens in (None, "") else int(max_new_tokens)
-        self.use_cache = _as_bool(use_cache)
+        self.use_cache = parse_bool(use_cache, "revision_llava: use_cache", empty=False)
 
         checkpoint = resolve_checkpoint(pretrained)
         base = None if model_base in (None, "") else str(resolve_checkpoint(model_base, "model_base"))
@@ -133,28 +115,27 @@ class RevisionLlava(lmms):
             name = f"llava_{name}"  # LLaVA's loader only builds the vision tower for names with "llava"
 
         # register() first: it adds the plugin's templates (llama_3) to LLaVA's table
-        from llava.conversation import conv_templates
-
         from revision_plugin.hosts.llava import load_pretrained_model, register
+        from revision_plugin.hosts.llava.inference import conversation_templates
 
         register()
         ckpt_config = read_config(checkpoint) if (checkpoint / "config.json").is_file() else {}
         self.conv_template, self.notes = choose_conv_template(
-            conv_template or None, checkpoint_conv_template(ckpt_config), conv_templates)
+            conv_template or None, checkpoint_conv_template(ckpt_config), conversation_templates())
         for note in self.notes:
             logger.warning("revision_llava: %s", note)
         self.conv_template_info = {"used": self.conv_template, "checkpoint": checkpoint_conv_template(ckpt_config),
                                    "requested": conv_template or None}
 
         # data parallel under accelerate launch / torchrun: one process per GPU
-        world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        world_size = launched_world_size()
         self.device_map = device_map
         if world_size > 1:
             local_rank = int(os.environ.get("LOCAL_RANK", "0"))
             if device_map == "auto":
                 raise BadInputError("revision_llava: device_map=auto (one model over all GPUs) cannot be combined "
                                     "with a multi-process launch (one model per GPU)")
-            self._device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+            self._device = torch.device(default_device(local_rank))
             self._rank, self._world_size = int(os.environ.get("RANK", "0")), world_size
         else:
             self._device = torch.device(resolve_device(device))
@@ -251,66 +232,23 @@ class RevisionLlava(lmms):
 
     def _prompt(self, context: str, n_images: int, answer: str | None = None, where: str = "") -> str:
         """The conversation prompt; ``<image>`` tokens must match the document's images one to one."""
-        from llava.constants import DEFAULT_IMAGE_TOKEN
-        from llava.conversation import conv_templates
+        from revision_plugin.hosts.llava.inference import build_prompt
 
-        n_tokens = context.count(DEFAULT_IMAGE_TOKEN)
-        if n_tokens == 0 and n_images:
-            context = " ".join([DEFAULT_IMAGE_TOKEN] * n_images) + "\n" + context
-        elif n_tokens != n_images:
-            raise BadInputError(f"revision_llava: {where or 'a document'}: the prompt has {n_tokens} {DEFAULT_IMAGE_TOKEN} "
-                                f"token(s) but the document has {n_images} image(s); each {DEFAULT_IMAGE_TOKEN} takes "
-                                "exactly one image (fix the task's doc_to_text / doc_to_visual)")
-        conv = conv_templates[self.conv_template].copy()
-        conv.append_message(conv.roles[0], context)
-        conv.append_message(conv.roles[1], answer)
-        return conv.get_prompt()
+        return build_prompt(self.conv_template, context, n_images, answer=answer, where=where)
 
     def _pixels(self, images: list) -> torch.Tensor | None:
-        if not images:
-            return None
-        from llava.mm_utils import process_images
+        from revision_plugin.hosts.llava.inference import process_images
 
         pixels = process_images(images, self._image_processor, self._config)
-        if isinstance(pixels, list):
-            pixels = torch.stack(pixels)
-        return pixels.to(device=self._device, dtype=self._dtype)
+        return None if pixels is None else pixels.to(device=self._device, dtype=self._dtype)
 
     def _input_ids(self, prompt: str) -> torch.Tensor:
-        from llava.constants import IMAGE_TOKEN_INDEX
-        from llava.mm_utils import tokenizer_image_token
+        from revision_plugin.hosts.llava.inference import tokenize_prompt
 
-        return tokenizer_image_token(prompt, self._tokenizer, IMAGE_TOKEN_INDEX, return_tensors="pt")
+        return tokenize_prompt(prompt, self._tokenizer, return_tensors="pt")
 
     def _gen_settings(self, gen_kwargs: dict) -> tuple[list[str], dict]:
-        gen_kwargs = dict(gen_kwargs or {})
-        until = gen_kwargs.pop("until", None)
-        if until is None:
-            until = []
-        elif isinstance(until, str):
-            until = [until]
-        elif not isinstance(until, (list, tuple)):
-            raise BadInputError(f"revision_llava: generation 'until' must be a string or list, got {type(until).__name__}")
-        unknown = set(gen_kwargs) - _KNOWN_GEN_KWARGS - self._warned_gen_kwargs
-        if unknown:
-            logger.warning("revision_llava: ignoring generation settings %s", sorted(unknown))
-            self._warned_gen_kwargs |= unknown
-        max_new = int(gen_kwargs.get("max_new_tokens", gen_kwargs.get("max_gen_toks", 1024)))
-        if self.max_new_tokens_cap is not None:
-            max_new = min(max_new, self.max_new_tokens_cap)
-        temperature = float(gen_kwargs.get("temperature", 0) or 0)
-        do_sample = _as_bool(gen_kwargs.get("do_sample", temperature > 0)) and temperature > 0
-        settings = {"max_new_tokens": max_new, "do_sample": do_sample, "num_beams": int(gen_kwargs.get("num_beams", 1) or 1),
-                    "use_cache": self.use_cache}
-        if do_sample:
-            settings["temperature"] = temperature
-            if gen_kwargs.get("top_p") is not None:
-                settings["top_p"] = float(gen_kwargs["top_p"])
-            if gen_kwargs.get("top_k") is not None:
-                settings["top_k"] = int(gen_kwargs["top_k"])
-        if gen_kwargs.get("repetition_penalty") is not None:
-            settings["repetition_penalty"] = float(gen_kwargs["repetition_penalty"])
-        return [str(u) for u in until], settings
+        return generation_settings(gen_kwargs, self.max_new_tokens_cap, self.use_cache, self._warned_gen_kwargs)
 
     # ------------------------------------------------------------------ generation
     def generate_until(self, requests: list[Instance]) -> list[str]:
@@ -417,13 +355,14 @@ class RevisionLlava(lmms):
         return results  # type: ignore[return-value]
 
     def _score(self, batch: list[tuple[torch.Tensor, torch.Tensor, list]]) -> list[tuple[float, bool]]:
-        from llava.constants import IGNORE_INDEX
+        from revision_plugin.hosts.llava.inference import ignore_index
 
+        ignore = ignore_index()
         ids = [torch.cat([p, c]) for p, c, _ in batch]
         longest = max(len(x) for x in ids)
         input_ids = torch.full((len(ids), longest), self._tokenizer.pad_token_id, dtype=torch.long)
         attention = torch.zeros((len(ids), longest), dtype=torch.long)
-        labels = torch.full((len(ids), longest), IGNORE_INDEX, dtype=torch.long)
+        labels = torch.full((len(ids), longest), ignore, dtype=torch.long)
         for row, ((p, c, _), x) in enumerate(zip(batch, ids)):
             input_ids[row, : len(x)] = x
             attention[row, : len(x)] = 1
@@ -446,7 +385,7 @@ class RevisionLlava(lmms):
         out = []
         for row in range(len(batch)):
             target = labels[row, 1:]
-            mask = target != IGNORE_INDEX
+            mask = target != ignore
             row_logits = logits[row, :-1][mask].float()
             tokens = target[mask]
             logprobs = torch.log_softmax(row_logits, dim=-1).gather(1, tokens[:, None]).squeeze(1)

@@ -19,7 +19,6 @@ import importlib.metadata
 import json
 import struct
 from pathlib import Path
-from typing import Any
 
 from revision_plugin.errors import BadInputError
 
@@ -114,12 +113,20 @@ def tower_summary(config: dict) -> dict | None:
             "encoder_model": tower.get("encoder_model"), "num_tokens": tower.get("num_tokens"), "dim": tower.get("dim")}
 
 
-def describe_checkpoint(checkpoint: str | Path) -> dict[str, Any]:
-    """``{"path", "fingerprint", "conv_template", "tower"}`` of a checkpoint folder."""
-    root = Path(checkpoint).resolve()
-    config = read_config(root)
-    return {"path": str(root), "fingerprint": checkpoint_fingerprint(root),
-            "conv_template": checkpoint_conv_template(config), "tower": tower_summary(config)}
+def choose_conv_template(requested: str | None, from_checkpoint: str | None, known) -> tuple[str, list[str]]:
+    """The template to prompt with, and the warnings to record (see the module doc)."""
+    for name, what in ((requested, "conv_template"), (from_checkpoint, f"the checkpoint's {CONV_TEMPLATE_KEY}")):
+        if name is not None and name not in known:
+            raise BadInputError(f"revision_llava: {what}={name!r} is not one of LLaVA's templates: {', '.join(sorted(known))}")
+    if from_checkpoint is None:
+        used = requested or DEFAULT_CONV_TEMPLATE
+        how = "as given" if requested else "the default"
+        return used, [(f"checkpoint config.json has no {CONV_TEMPLATE_KEY}: prompting with {used} ({how}); "
+                      "it must be the --version the checkpoint was trained with")]
+    if requested is None or requested == from_checkpoint:
+        return from_checkpoint, []
+    return requested, [(f"conv_template={requested} overrides the template the checkpoint was trained with "
+                       f"({from_checkpoint}): prompts are not in the training format")]
 
 
 def results_provenance(data: dict) -> dict:

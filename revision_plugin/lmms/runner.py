@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import re
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
@@ -111,6 +112,31 @@ def run_task(lm, task: str, spec, *, task_manager, output_path: Path, model_args
     return Outcome(task, "ok", f"{metric[0]} = {metric[1]:.4f}", files[-1])
 
 
+LOCAL_BUILDERS = ("parquet", "json", "csv", "arrow", "text", "imagefolder")
+
+
+def _reads_local_data(yaml_path: str) -> bool:
+    """A task YAML whose ``dataset_path`` is a local file builder (``parquet`` + ``data_files``) or folder."""
+    match = re.search(r"^dataset_path:\s*['\"]?([^'\"\s#]+)", Path(yaml_path).read_text(encoding="utf-8"), re.M)
+    return bool(match) and (match.group(1) in LOCAL_BUILDERS or (Path(yaml_path).parent / match.group(1)).is_dir())
+
+
+def _task_manager(task_manager_class, include: list[str], tasks: list[str]):
+    """``(task manager, local tasks)``. A task of the ``--include-path`` folders whose data is a
+    local file (its YAML's ``dataset_path`` a file builder such as ``parquet``) is local:
+    ``--offline`` looks for no hub snapshot of it. When every requested task is local only the
+    folders are indexed (lmms-eval's ~2000 task configs take seconds, and a local task may share
+    a name with one of them); otherwise lmms-eval's tasks plus the folders, as its command line does."""
+    if not include:
+        return task_manager_class("WARNING", include_path=None), set()
+    only_folders = task_manager_class("WARNING", include_path=include, include_defaults=False)
+    index = only_folders.task_index
+    local = {t for t in tasks if t in index and "yaml_path" in index[t] and _reads_local_data(index[t]["yaml_path"])}
+    if local == set(tasks):
+        return only_folders, local
+    return task_manager_class("WARNING", include_path=include), local
+
+
 def run_suite(args: argparse.Namespace) -> list[Outcome]:
     from lmms_eval.models import get_model
     from lmms_eval.tasks import TaskManager
@@ -122,17 +148,17 @@ def run_suite(args: argparse.Namespace) -> list[Outcome]:
     unknown = sorted(set(data) - set(tasks))
     if unknown:
         raise RevisionError(f"--data given for tasks not in this run: {unknown}")
-    snapshots: dict[str, Path] = {}
-    if args.offline:
-        suite_data.go_offline()
-        snapshots = suite_data.offline_snapshots([t for t in tasks if t not in data])
     checkpoint = resolve_checkpoint(args.pretrained)
     extra = parse_model_args(args.model_args)
     if "pretrained" in extra:
         raise RevisionError("give the checkpoint with --pretrained, not in --model-args")
     model_args = ",".join([f"pretrained={checkpoint.resolve()}", *(f"{k}={v}" for k, v in extra.items())])
     include = [str(p) for p in (args.include_path or [])] or ([str(EVAL_TASKS_DIR)] if EVAL_TASKS_DIR.is_dir() else [])
-    task_manager = TaskManager("WARNING", include_path=include or None)
+    task_manager, local = _task_manager(TaskManager, include, tasks)
+    snapshots: dict[str, Path] = {}
+    if args.offline:
+        suite_data.go_offline()
+        snapshots = suite_data.offline_snapshots([t for t in tasks if t not in data and t not in local])
     lm = get_model("revision_llava").create_from_arg_string(model_args, {"batch_size": args.batch_size})
     output_path = Path(args.output_path)
     done = {} if args.force else finished_tasks(output_path, lm.fingerprint)

@@ -4,6 +4,10 @@ Run once all writers are done (single process: on ``StoreWriter`` exit; distribu
 rank after a barrier). Idempotent: re-running rebuilds the same content. Each run writes a
 new ``index-<token>/`` directory (built under a temp name, then renamed) before the manifest
 that names it, so a reader never pairs a manifest with an index of another generation.
+
+Only live commits count (``journal.live_commits``): files of superseded ones are deleted once
+the new manifest is in place. A rejection is a past attempt: an id stored by any commit is
+not listed as rejected, and an id rejected by several runs keeps its latest reason.
 """
 
 from __future__ import annotations
@@ -19,7 +23,14 @@ from revision_plugin import __version__
 from revision_plugin.errors import ArtifactMismatchError, BadInputError, RevisionError
 from revision_plugin.store import layout
 from revision_plugin.store.id_index import DuplicateIdsError, build_index
-from revision_plugin.store.journal import check_shard_file, read_commit_ids, read_journals, shard_file
+from revision_plugin.store.journal import (
+    check_shard_file,
+    live_commits,
+    read_commit_ids,
+    read_journals,
+    shard_file,
+    superseded_stems,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -39,27 +50,36 @@ def finalize_store(store_dir: str | Path) -> dict:
                 f"{journal['encoder_id']!r}/{journal['dim']}"
             )
     dim = int(first["dim"])
-    shards, all_ids, rejected_records = [], [], []
+    shards, all_ids, latest_rejection = [], [], {}
     count, normalized = 0, True
-    for rank in sorted(journals):
-        for commit in journals[rank]["commits"]:
-            ids, rejected = read_commit_ids(store_dir, commit)
-            rejected_records.extend(rejected)
-            if not commit["rows"]:
-                continue
-            path = shard_file(store_dir, commit["stem"])
-            check_shard_file(path, commit["rows"], dim)
-            all_ids.extend(ids)
-            entry = {"file": f"{layout.SHARD_DIR}/{path.name}", "rows": commit["rows"], "first_row": count}
-            if commit.get("sha256"):
-                entry["sha256"] = commit["sha256"]
-            shards.append(entry)
-            count += commit["rows"]
-            normalized = normalized and commit["normalized"]
+    fingerprints: dict[str | None, int] = {}
+    for rank, commit in live_commits(journals):
+        ids, rejected = read_commit_ids(store_dir, commit)
+        for record in rejected:  # a later run's reason wins (records without a run: older stores)
+            run, previous = int(record.get("run", 0)), latest_rejection.get(record["id"])
+            if previous is None or run >= previous[0]:
+                latest_rejection[record["id"]] = (run, record)
+        if not commit["rows"]:
+            continue
+        fingerprints.setdefault(journals[rank].get("encoder_fingerprint"), rank)
+        path = shard_file(store_dir, commit["stem"])
+        offset = check_shard_file(path, commit["rows"], dim)
+        all_ids.extend(ids)
+        entry = {"file": f"{layout.SHARD_DIR}/{path.name}", "rows": commit["rows"], "first_row": count}
+        if commit.get("sha256"):
+            entry["sha256"] = commit["sha256"]
+        entry["probe"] = commit.get("probe") or layout.read_shard_probe(path, offset, commit["rows"], dim)
+        shards.append(entry)
+        count += commit["rows"]
+        normalized = normalized and commit["normalized"]
+    known = [fp for fp in fingerprints if fp is not None]
+    if len(known) > 1:
+        raise ArtifactMismatchError(
+            f"{store_dir}: writers disagree on the model: rank {fingerprints[known[0]]} wrote with encoder fingerprint "
+            f"{known[0][:12]}, rank {fingerprints[known[1]]} with {known[1][:12]}; one store holds one encoder"
+        )
     stored = set(all_ids)
-    both = [r["id"] for r in rejected_records if r["id"] in stored]
-    if both:
-        raise BadInputError(f"{store_dir}: ids both stored and rejected: {both[:5]}")
+    rejected_records = [{"id": r["id"], "reason": r["reason"]} for _, r in latest_rejection.values() if r["id"] not in stored]
     del stored
     token = uuid.uuid4().hex[:16]
     index_dir = store_dir / f"{layout.INDEX_PREFIX}{token}"
@@ -80,6 +100,8 @@ def finalize_store(store_dir: str | Path) -> dict:
         "format": layout.FORMAT_NAME,
         "format_version": layout.FORMAT_VERSION,
         "encoder_id": first["encoder_id"],
+        # the model's identity when every stored row recorded the same one, else null (unknown)
+        "encoder_fingerprint": known[0] if known and None not in fingerprints else None,
         "dim": dim,
         "dtype": "float32",
         "count": count,
@@ -97,6 +119,9 @@ def finalize_store(store_dir: str | Path) -> dict:
     for old in store_dir.glob(f"{layout.INDEX_PREFIX}*"):
         if old.name != index_dir.name:
             shutil.rmtree(old, ignore_errors=True)
+    for stem in superseded_stems(journals):  # rewritten by `revision embed --update`
+        for suffix in (".npy", ".ids.json"):
+            (store_dir / layout.SHARD_DIR / f"{stem}{suffix}").unlink(missing_ok=True)
     logger.info("%s: finalized %d rows in %d shards (%d rejected)", store_dir, count, len(shards), len(rejected_records))
     return manifest
 

@@ -112,9 +112,6 @@ class IdIndex:
             with open(directory / "ids.bin", "rb") as f:
                 self._blob = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
 
-    def id_at(self, row: int) -> str:
-        return self._blob[int(self.offsets[row]) : int(self.offsets[row + 1])].decode("utf-8")
-
     def ids(self, start: int, stop: int) -> list[str]:
         bounds = self.offsets[start : stop + 1].tolist()
         blob = self._blob[bounds[0] : bounds[-1]] if bounds else b""

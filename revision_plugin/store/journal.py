@@ -1,4 +1,10 @@
-"""Reading the per-writer journals (``parts/rank-XXXXX.json``) and the files they commit."""
+"""Reading the per-writer journals (``parts/rank-XXXXX.json``) and the files they commit.
+
+A commit may name earlier commits it ``supersedes`` (``revision embed --update`` rewrites a
+shard without its changed rows as one new commit); superseded commits stay listed in their
+journal but are ignored everywhere (:func:`live_commits`), and their files are deleted by
+the next finalize.
+"""
 
 from __future__ import annotations
 
@@ -25,8 +31,26 @@ def read_journals(store_dir: Path) -> dict[int, dict]:
     return journals
 
 
+def live_commits(journals: dict[int, dict]) -> list[tuple[int, dict]]:
+    """``(rank, commit)`` of every commit no later commit supersedes, by rank then commit order."""
+    superseded = superseded_stems(journals)
+    return [(rank, commit) for rank in sorted(journals) for commit in journals[rank]["commits"]
+            if commit["stem"] not in superseded]
+
+
+def superseded_stems(journals: dict[int, dict]) -> set[str]:
+    return {stem for journal in journals.values() for commit in journal["commits"] for stem in commit.get("supersedes", ())}
+
+
 def read_commit_ids(store_dir: Path, commit: dict) -> tuple[list[str], list[dict]]:
     """The stored ids and the rejected ``{"id", "reason"}`` records of one commit."""
+    ids, _, rejected = read_commit(store_dir, commit)
+    return ids, rejected
+
+
+def read_commit(store_dir: Path, commit: dict) -> tuple[list[str], list[str | None], list[dict]]:
+    """The stored ids, their content hashes (``None`` each when the writer recorded none, as
+    stores written before content hashes) and the rejected ``{"id", "reason"}`` records."""
     path = Path(store_dir) / layout.SHARD_DIR / f"{commit['stem']}.ids.json"
     try:
         content = layout.read_json(path)
@@ -35,12 +59,14 @@ def read_commit_ids(store_dir: Path, commit: dict) -> tuple[list[str], list[dict
     except (OSError, json.JSONDecodeError) as err:
         raise RevisionError(f"{path}: unreadable ids file of shard {commit['stem']} ({err})") from err
     ids, rejected = content["ids"], content["rejected"]
-    if len(ids) != commit["rows"] or len(rejected) != commit["rejected"]:
+    hashes = content.get("hashes") or [None] * len(ids)
+    if len(ids) != commit["rows"] or len(rejected) != commit["rejected"] or len(hashes) != len(ids):
         raise RevisionError(
             f"{path}: lists {len(ids)} ids / {len(rejected)} rejections, the journal says "
             f"{commit['rows']} / {commit['rejected']}"
+            + (f" ({len(hashes)} content hashes)" if len(hashes) != len(ids) else "")
         )
-    return ids, rejected
+    return ids, hashes, rejected
 
 
 def shard_file(store_dir: Path, stem: str) -> Path:
@@ -52,7 +78,7 @@ def check_shard_file(path: Path, rows: int, dim: int) -> int:
     if not path.is_file():
         raise RevisionError(f"{path}: shard listed in the store is missing")
     try:
-        offset, shape, dtype = layout.npy_data_offset(path)
+        offset, shape, _, dtype = layout.npy_data_offset(path)
     except (ValueError, OSError, SyntaxError) as err:
         raise RevisionError(f"{path}: shard header unreadable ({err})") from err
     if tuple(shape) != (rows, dim) or dtype != layout.DTYPE:

@@ -1,4 +1,5 @@
-"""On-disk layout of a feature store, and the atomic-write helpers every part of it uses.
+"""On-disk layout of a feature store, and the atomic-write helpers every part of it uses
+(``atomic_file`` / ``atomic_write_bytes`` from ``revision_plugin.atomic``, the store's own on top).
 
 A store is one directory::
 
@@ -6,13 +7,16 @@ A store is one directory::
     index-<token>/           id -> row index (sorted id hashes + ids, memory-mapped; id_index.py)
     rejected.jsonl           inputs that were refused (unreadable image, empty text) + reason
     shards/r00000-000000.npy float32 [rows, dim], C order, one per commit
-    shards/r00000-000000.ids.json  {"ids": [...], "rejected": [{"id", "reason"}]}
+    shards/r00000-000000.ids.json  {"ids": [...], "hashes": [...], "rejected": [{"id", "reason", "run"}]}
     parts/rank-00000.json    per-writer journal: the commits of writer (rank) 0, rewritten
                              atomically after every shard - the resume point of a killed run
     writer.lock              present while a job writes (store/lock.py)
 
 Every shard's sha256 is recorded at write time (journal, then manifest) for
-``revision store verify``.
+``revision store verify``, and so is its ``probe`` (a hash of its first and last rows), which
+opening a store checks: a shard file swapped for another is named at open, never read as
+another id's rows. ``hashes`` are the content hashes of the stored ids' inputs (text or image
+bytes), which a resuming ``revision embed`` compares with its input.
 
 Writers never share a file: each rank owns its journal and its shard names, so any number
 of processes can write one store without locks. ``manifest.json`` and the index are
@@ -25,13 +29,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
+
+# The one implementation of atomic writes (revision_plugin/atomic.py), re-exported for the
+# store's writers; the store keeps its default: temp files, hence stored files, owner-only (0600).
+from revision_plugin.atomic import atomic_file, atomic_write_bytes, remove_quietly
 
 FORMAT_NAME = "revision-feature-store"
 FORMAT_VERSION = 1
@@ -49,31 +54,6 @@ def part_path(store_dir: Path, rank: int) -> Path:
 
 def shard_stem(rank: int, seq: int) -> str:
     return f"r{rank:05d}-{seq:06d}"
-
-
-@contextmanager
-def atomic_file(path: Path, fsync: bool = True) -> Iterator[BinaryIO]:
-    """Write ``path`` through a temp file in the same directory, renamed into place only
-    when the block completes; on any error the temp file is removed and ``path`` untouched."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            yield f
-            if fsync:
-                f.flush()
-                os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        _remove_quietly(tmp)
-        raise
-
-
-def atomic_write_bytes(path: Path, data: bytes, fsync: bool = True) -> None:
-    """Write ``data`` to ``path`` so readers see the old file or the new one, never a mix."""
-    with atomic_file(path, fsync) as f:
-        f.write(data)
 
 
 def atomic_write_json(path: Path, obj: Any, fsync: bool = True) -> None:
@@ -100,6 +80,26 @@ def atomic_write_npy(path: Path, array: np.ndarray, fsync: bool = True) -> str:
     return hashing.digest.hexdigest()
 
 
+PROBE_CHARS = 32
+
+
+def shard_probe(first_row: np.ndarray, last_row: np.ndarray) -> str:
+    """blake2b-128 of a shard's first and last rows (float32 bytes): its cheap identity."""
+    rows = np.ascontiguousarray(np.stack([first_row, last_row]), dtype=DTYPE)
+    return hashlib.blake2b(rows.tobytes(), digest_size=PROBE_CHARS // 2).hexdigest()
+
+
+def read_shard_probe(path: Path, data_offset: int, rows: int, dim: int) -> str:
+    """:func:`shard_probe` of a shard file, reading two rows."""
+    row_bytes = dim * DTYPE.itemsize
+    with open(path, "rb") as f:
+        first = os.pread(f.fileno(), row_bytes, data_offset)
+        last = os.pread(f.fileno(), row_bytes, data_offset + (rows - 1) * row_bytes)
+    if len(first) != row_bytes or len(last) != row_bytes:
+        raise ValueError(f"{path}: shorter than its header says")
+    return shard_probe(np.frombuffer(first, dtype=DTYPE), np.frombuffer(last, dtype=DTYPE))
+
+
 def file_sha256(path: Path, block: int = 1 << 22) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -108,15 +108,18 @@ def file_sha256(path: Path, block: int = 1 << 22) -> str:
     return digest.hexdigest()
 
 
-def npy_data_offset(path: Path) -> tuple[int, tuple[int, ...], np.dtype]:
-    """Header length, shape and dtype of a ``.npy`` file, reading only its header."""
+def npy_data_offset(path: Path) -> tuple[int, tuple[int, ...], bool, np.dtype]:
+    """Header length, shape, Fortran-order flag and dtype of a ``.npy`` file, reading only its
+    header; ``ValueError`` for a file that is not ``.npy`` format version 1.0 or 2.0."""
     with open(path, "rb") as f:
         version = np.lib.format.read_magic(f)
         if version == (1, 0):
-            shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+        elif version == (2, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
         else:
-            shape, _, dtype = np.lib.format.read_array_header_2_0(f)
-        return f.tell(), shape, dtype
+            raise ValueError(f"unsupported .npy format version {version}")
+        return f.tell(), shape, fortran, dtype
 
 
 def read_json(path: Path) -> Any:
@@ -130,11 +133,5 @@ def remove_stale_temp_files(directory: Path, prefix: str = "") -> None:
         return
     for entry in Path(directory).iterdir():
         if entry.name.startswith("." + prefix) and entry.name.endswith(".tmp"):
-            _remove_quietly(entry)
+            remove_quietly(entry)
 
-
-def _remove_quietly(path) -> None:
-    try:
-        os.remove(path)
-    except FileNotFoundError:
-        pass

@@ -1,8 +1,10 @@
 """Read a finalized feature store: look rows up by id, or stream them in chunks.
 
 Opening reads the manifest, checks every shard's header and size (a truncated shard is
-named at open, not discovered mid-training) and memory-maps the small id index; no vector
-is read. Vectors are read with positioned reads (``os.preadv``) straight into the output
+named at open, not discovered mid-training) and its first and last rows against the
+``probe`` recorded when it was written (two small reads per shard: a shard file swapped for
+another of the same size is named at open instead of answering lookups with another id's
+rows), and memory-maps the small id index. Vectors are read with positioned reads (``os.preadv``) straight into the output
 array, one call per run of consecutive rows. Memory-mapping the shards was measured and
 rejected: every touched page of a mapping counts towards the process RSS, and with the
 large page-cache folios of current kernels one random row maps up to megabytes, so RSS
@@ -24,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from revision_plugin.errors import RevisionError
+from revision_plugin.runtime import shard_bounds
 from revision_plugin.store import layout
 from revision_plugin.store.id_index import IdIndex
 from revision_plugin.store.journal import check_shard_file, read_journals
@@ -112,9 +115,9 @@ class _Handles:
 class FeatureStore:
     """A finalized store (see ``revision_plugin.store.layout``); a chunk source for ``revision fit``."""
 
-    def __init__(self, store_dir: str | Path) -> None:
+    def __init__(self, store_dir: str | Path, *, check_probes: bool = True) -> None:
         self.store_dir = Path(store_dir)
-        self.manifest = _read_manifest(self.store_dir)
+        self.manifest = read_manifest(self.store_dir)
         self.dim = int(self.manifest["dim"])
         self.encoder_id = self.manifest["encoder_id"]
         self.count = int(self.manifest["count"])
@@ -125,6 +128,8 @@ class FeatureStore:
         for entry in self.manifest["shards"]:
             path = self.store_dir / entry["file"]
             offset = check_shard_file(path, entry["rows"], self.dim)
+            if check_probes and "probe" in entry:
+                check_shard_probe(path, entry, offset, self.dim)
             self._shards.append(_Shard(path, int(entry["first_row"]), int(entry["rows"]), offset))
         self._shard_starts = np.array([s.first_row for s in self._shards] + [self.count], dtype=np.int64)
         self._handles = _Handles(self.store_dir / self.manifest["index"], self.count, self._shards, self.dim)
@@ -148,8 +153,6 @@ class FeatureStore:
         return _iter_rows(self, 0, self.count, chunk_rows)
 
     def shard(self, rank: int, world_size: int) -> StoreRows:
-        from revision_plugin.align.sources import shard_bounds
-
         lo, hi = shard_bounds(self.count, rank, world_size)
         return StoreRows(self, lo, hi)
 
@@ -263,8 +266,6 @@ class StoreRows:
         return _iter_rows(self.store, self.start, self.stop, chunk_rows)
 
     def shard(self, rank: int, world_size: int) -> StoreRows:
-        from revision_plugin.align.sources import shard_bounds
-
         lo, hi = shard_bounds(self.num_rows, rank, world_size)
         return StoreRows(self.store, self.start + lo, self.start + hi)
 
@@ -307,7 +308,9 @@ def _pread_fully(fd: int, dest: memoryview, offset: int, path: Path) -> None:
         done += got
 
 
-def _read_manifest(store_dir: Path) -> dict:
+def read_manifest(store_dir: str | Path) -> dict:
+    """The checked ``manifest.json`` of a finalized feature store (its metadata; no shard is read)."""
+    store_dir = Path(store_dir)
     manifest_path = store_dir / layout.MANIFEST
     if not store_dir.exists():
         raise FileNotFoundError(f"{store_dir}: no such feature store")
@@ -338,11 +341,27 @@ def _read_manifest(store_dir: Path) -> dict:
     return manifest
 
 
+def check_shard_probe(path: Path, entry: dict, offset: int, dim: int) -> None:
+    """Refuse a shard whose first/last rows are not the ones recorded for it (stores written
+    before probes were recorded have none: ``revision store verify`` checks those)."""
+    try:
+        actual = layout.read_shard_probe(path, offset, entry["rows"], dim)
+    except (OSError, ValueError) as err:
+        raise RevisionError(f"{path}: unreadable shard ({err})") from err
+    if actual != entry["probe"]:
+        raise RevisionError(
+            f"{path}: does not hold the rows the store recorded for {entry['file']} (its first/last rows differ): "
+            "shard files were swapped, replaced or damaged; restore them or re-create the store "
+            "(`revision store verify` checks every byte)"
+        )
+
+
 def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_PROBE = re.compile(rf"^[0-9a-f]{{{layout.PROBE_CHARS}}}$")
 _SHARD_FILE = re.compile(rf"^{layout.SHARD_DIR}/r(\d{{5}})-(\d{{6}})\.npy$")
 _INDEX_NAME = re.compile(rf"^{layout.INDEX_PREFIX}[0-9a-f]+$")
 
@@ -354,6 +373,8 @@ def validate_manifest(manifest: dict, manifest_path: Path) -> None:
     def bad(what: str) -> RevisionError:
         return RevisionError(f"{manifest_path}: {what}; re-finalize or re-create the store")
 
+    if manifest.get("encoder_fingerprint") is not None and not isinstance(manifest["encoder_fingerprint"], str):
+        raise bad(f"field 'encoder_fingerprint' must be a string or null, got {manifest['encoder_fingerprint']!r}")
     for key, check, described in (
         ("dim", lambda v: _is_int(v) and v >= 1, "a positive integer"),
         ("count", lambda v: _is_int(v) and v >= 0, "a non-negative integer"),
@@ -390,11 +411,13 @@ def validate_manifest(manifest: dict, manifest_path: Path) -> None:
             raise bad(f"shards[{k}] ({name}) starts at row {first!r}, expected {expected_row}: rows overlap or leave a gap")
         if "sha256" in entry and not (isinstance(entry["sha256"], str) and _SHA256.match(entry["sha256"])):
             raise bad(f"shards[{k}].sha256 is not a sha256 hex digest: {entry['sha256']!r}")
+        if "probe" in entry and not (isinstance(entry["probe"], str) and _PROBE.match(entry["probe"])):
+            raise bad(f"shards[{k}].probe is not a {layout.PROBE_CHARS}-digit hex digest: {entry['probe']!r}")
         expected_row += rows
     if expected_row != manifest["count"]:
         raise bad(f"shards hold {expected_row} rows, but 'count' says {manifest['count']}")
 
 
 def open_store(store_dir: str | Path) -> FeatureStore:
-    """Open the finalized feature store at ``store_dir`` (< 1 s at any size; reads no vectors)."""
+    """Open the finalized feature store at ``store_dir`` (< 1 s at any size; reads two rows per shard)."""
     return FeatureStore(store_dir)

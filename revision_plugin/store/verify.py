@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from revision_plugin.store import layout
-from revision_plugin.store.reader import open_store
+from revision_plugin.store.reader import FeatureStore
 
 UNIT_NORM_TOLERANCE = 1e-3
 MAX_PROBLEMS = 20
@@ -43,10 +43,11 @@ class VerifyReport:
 
 def verify_store(store_dir: str | Path, chunk_rows: int = 8192) -> VerifyReport:
     """Check every shard, row and id of the store at ``store_dir``; structural damage that
-    prevents opening it raises ``RevisionError`` (from ``open_store``)."""
+    prevents opening it raises ``RevisionError`` (from ``FeatureStore``)."""
     store_dir = Path(store_dir)
     report = VerifyReport(store_dir)
-    with open_store(store_dir) as store:
+    # Probes are compared below as problems of their own, not refused at open.
+    with FeatureStore(store_dir, check_probes=False) as store:
         shards = store.manifest["shards"]
         report.shards, report.rows = len(shards), store.count
         index = store._handles.index
@@ -78,6 +79,11 @@ def _check_shard(store, index, entry: dict, report: VerifyReport, chunk_rows: in
         if actual != entry["sha256"]:
             report.problems.append(f"{name}: sha256 {actual[:12]}… does not match the recorded "
                                    f"{entry['sha256'][:12]}… (the file was changed, swapped or damaged)")
+    if "probe" in entry and "sha256" not in entry:  # the sha256 above already covers it
+        shard = store._shards[store.manifest["shards"].index(entry)]
+        if layout.read_shard_probe(path, shard.data_offset, rows, store.dim) != entry["probe"]:
+            report.problems.append(f"{name}: first/last rows do not match the recorded probe (the file was swapped, "
+                                   "replaced or damaged)")
     ids_path = path.with_name(path.name[: -len(".npy")] + ".ids.json")
     try:
         listed = layout.read_json(ids_path)["ids"]

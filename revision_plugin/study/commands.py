@@ -23,10 +23,11 @@ logger = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from revision_plugin import demo
+    from revision_plugin.geometry import commands_demo as demo
 
     parser.add_argument("--out", type=Path, default=Path("demo_out"), help="output directory (default: demo_out)")
-    parser.add_argument("--quick", action="store_true", help="one seed only: what the test suite runs (~3-4 min)")
+    parser.add_argument("--quick", action="store_true",
+                        help="one seed and a smaller evaluation: what the test suite runs (~3 min)")
     parser.add_argument("--large", action="store_true",
                         help="the larger world (more scenes, a 4-layer Llama); at this scale the tiny Llama does not yet "
                              "learn to read the image within its pretraining budget, so its table is noise (~17 min)")
@@ -38,7 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--force", action="store_true", help="redo every step instead of reusing cached ones")
     parser.add_argument("--geometry-only", action="store_true",
                         help="the synthetic-vector geometry demo instead (gap table of every operator + report)")
-    geometry = parser.add_argument_group("--geometry-only options (see revision_plugin.demo)")
+    geometry = parser.add_argument_group("--geometry-only options (see revision_plugin.geometry.commands_demo)")
     for action in demo_options(demo):
         geometry._add_action(action)
 
@@ -52,14 +53,14 @@ def demo_options(demo) -> list:
 
 def run(args: argparse.Namespace) -> int:
     if args.geometry_only:
-        from revision_plugin import demo
+        from revision_plugin.geometry import commands_demo as demo
 
         return demo.run(args)
     import torch
 
     from revision_plugin.study import summary
     from revision_plugin.study.pipeline import Runner
-    from revision_plugin.study.settings import default_settings, large_settings
+    from revision_plugin.study.settings import default_settings, large_settings, quick_settings
     from revision_plugin.study.study import run_seed
 
     seeds = args.seeds if args.seeds is not None else (1 if args.quick else 3)
@@ -67,8 +68,8 @@ def run(args: argparse.Namespace) -> int:
         raise BadInputError(f"--seeds must be >= 1, got {seeds}")
     if args.quick and args.large:
         raise BadInputError("--quick and --large are exclusive")
-    settings = large_settings() if args.large else default_settings()
-    preset = "large" if args.large else "default"
+    preset = "large" if args.large else "quick" if args.quick else "default"
+    settings = {"large": large_settings, "quick": quick_settings, "default": default_settings}[preset]()
     threads = args.threads or settings.threads
     settings = replace(settings, threads=threads)
     torch.set_num_threads(threads)
@@ -84,8 +85,10 @@ def run(args: argparse.Namespace) -> int:
                                  ablation_tokens=args.ablation_tokens))
     table = summary.write_outputs(out, per_seed, settings, runner)
     total = time.perf_counter() - started
-    (out / "timings.json").write_text(json.dumps({"total_seconds": round(total, 1), "steps": runner.timings()},
-                                                 indent=1) + "\n")
+    steps = runner.timings()
+    (out / "timings.json").write_text(json.dumps({
+        "this_run_seconds": round(total, 1), "cached_steps": sum(s["cached"] for s in steps),
+        "study_seconds": round(sum(s["seconds"] for s in steps), 1), "steps": steps}, indent=1) + "\n")
     print(table)
     print((out / "summary.md").read_text())
     print(f"study finished in {total:.1f} s ({sum(r.cached for r in runner.results)}/{len(runner.results)} steps "

@@ -1,10 +1,11 @@
-"""Evaluation with the real lmms-eval through the ``revision_llava`` model.
+"""Evaluation exactly as a user runs it: ``revision eval`` (lmms-eval's own ``simple_evaluate``
+through the ``revision_llava`` model, one results file per task, with provenance) on the
+study's local task folders.
 
-:func:`run_lmms_eval` is the one place that calls lmms-eval (and the one place that names
-the conversation template, until ``revision_llava`` reads it from the checkpoint's
-``revision_conv_template``). Results are written by lmms-eval's own
-``EvaluationTracker``, exactly where its command line writes them, so ``revision compare``
-reads them as it reads any run.
+A stage-2 checkpoint is evaluated with the template it was trained with (LLaVA's
+``--version``, recorded in its config as ``revision_conv_template``); a stage-1 checkpoint
+was trained with ``plain`` captions, so its questions are asked in the stage-2 template
+(``conv_template=`` override, which ``revision eval`` records in the provenance notes).
 """
 
 from __future__ import annotations
@@ -16,39 +17,30 @@ from revision_plugin.study.tasks import TASKS
 
 logger = logging.getLogger(__name__)
 
-# Remove once revision_llava reads `revision_conv_template` from the checkpoint config.
-CONV_TEMPLATE = "llama_3"
 
-
-def model_args(checkpoint: Path, model_base: Path | None) -> str:
-    args = [f"pretrained={checkpoint}", "device=cpu", "dtype=float32", f"conv_template={CONV_TEMPLATE}"]
+def eval_argv(checkpoint: Path, task_folder: Path, output_path: Path, *, model_base: Path | None,
+              conv_template: str | None, batch_size: int) -> list[str]:
+    model_args = ["device=cpu", "dtype=float32"]
+    if conv_template is not None:
+        model_args.append(f"conv_template={conv_template}")
     if model_base is not None:
-        args.append(f"model_base={model_base}")
-    return ",".join(args)
+        model_args.append(f"model_base={model_base}")
+    return ["eval", "--pretrained", str(checkpoint), "--output-path", str(output_path), "--tasks", ",".join(TASKS),
+            "--include-path", str(task_folder), "--model-args", ",".join(model_args), "--batch-size", str(batch_size),
+            "--log-samples", "--offline"]
 
 
-def run_lmms_eval(checkpoint: Path, task_folder: Path, output_path: Path, *, model_base: Path | None,
-                  batch_size: int) -> Path:
-    """``lmms-eval --model revision_llava --include_path TASK_FOLDER --tasks ...`` in-process; returns
-    the ``*_results.json`` written under ``output_path``."""
-    from lmms_eval.evaluator import simple_evaluate
-    from lmms_eval.loggers import EvaluationTracker
-    from lmms_eval.tasks import TaskManager
-
+def run_revision_eval(checkpoint: Path, task_folder: Path, output_path: Path, *, model_base: Path | None,
+                      conv_template: str | None, batch_size: int) -> dict[str, dict]:
+    """``revision eval ...`` in-process; returns ``{task: metrics}`` as ``revision compare`` reads them."""
+    from revision_plugin.compare.runs import load_run
     from revision_plugin.errors import RevisionError
+    from revision_plugin.study.pipeline import revision
 
-    tracker = EvaluationTracker(output_path=str(output_path))
-    manager = TaskManager("ERROR", include_path=[str(task_folder)], include_defaults=False)
-    results = simple_evaluate(
-        model="revision_llava", model_args=model_args(checkpoint, model_base), tasks=list(TASKS),
-        task_manager=manager, batch_size=batch_size, log_samples=True, evaluation_tracker=tracker,
-        verbosity="ERROR", bootstrap_iters=0, datetime_str="study",
-    )
-    samples = results.pop("samples")
-    tracker.save_results_aggregated(results=results, samples=samples, datetime_str="study")
-    for task in samples:
-        tracker.save_results_samples(task_name=task, samples=samples[task])
-    files = sorted(output_path.rglob("*_results.json"))
-    if not files:
-        raise RevisionError(f"lmms-eval wrote no results under {output_path}")
-    return files[-1]
+    revision(*eval_argv(checkpoint, task_folder, output_path, model_base=model_base, conv_template=conv_template,
+                    batch_size=batch_size))
+    results = load_run(output_path).results
+    missing = sorted(set(TASKS) - set(results))
+    if missing:
+        raise RevisionError(f"revision eval wrote no results for {missing} under {output_path}")
+    return results

@@ -210,26 +210,18 @@ def llm_corpus(records: list[dict], seed: int) -> list[tuple[str, list[str] | No
 
 
 def build_llama_tokenizer(directory: Path, corpus: list[str], vocab_size: int):
-    from tokenizers import Regex, Tokenizer, models, pre_tokenizers, trainers
     from transformers import LlamaTokenizer
 
-    specials = ["<unk>", "<s>", "</s>"] + [f"<0x{i:02X}>" for i in range(256)]
-    bpe = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True, fuse_unk=True))
-    bpe.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(r"\s*\n\s*"), behavior="removed"),
-        pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first", split=True),
-        pre_tokenizers.Punctuation(behavior="isolated"),
-    ])
+    from revision_plugin.testing.tiny_llama import LLAMA_SPECIALS, train_llama_bpe
+
     extra = ["abcdefghijklmnopqrstuvwxyz ABCDEFGHIJKLMNOPQRSTUVWXYZ 0123456789 .,;:!?'\"()[]{}<>/\\-_+=*&^%$#@~`|"]
-    trainer = trainers.BpeTrainer(vocab_size=len(specials) + vocab_size, special_tokens=specials, show_progress=False)
-    bpe.train_from_iterator([re.sub(r"<\|[a-z_]+\|>|<image>", " ", t) for t in corpus] + extra, trainer)
-    model = json.loads(bpe.to_str())["model"]
-    merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in model["merges"]]
+    texts = [re.sub(r"<\|[a-z_]+\|>|<image>", " ", t) for t in corpus] + extra
+    vocab, merges = train_llama_bpe(texts, len(LLAMA_SPECIALS) + vocab_size)
     # add_prefix_space=False: like Llama-3's byte-level BPE, a segment tokenises the same alone as
     # inside a prompt, so LLaVA's per-segment llama_3 labels (stage 2) match the whole-prompt
     # tokenisation of pretraining and evaluation (with a Llama-2-style leading "▁" they did not:
     # "Yes<|eot_id|>" became "▁ Yes" in stage 2 but "Yes" at evaluation; stage-2 loss began at 5.6)
-    tokenizer = LlamaTokenizer(vocab=model["vocab"], merges=merges, legacy=False, add_bos_token=True,
+    tokenizer = LlamaTokenizer(vocab=vocab, merges=merges, legacy=False, add_bos_token=True,
                                add_eos_token=False, model_max_length=512, add_prefix_space=False)
     tokenizer.add_tokens(list(LLAMA3_TOKENS), special_tokens=True)
     tokenizer.add_tokens([object_token(f"{c} {sh}") for c in COLOURS for sh in SHAPES], special_tokens=True)
@@ -240,9 +232,10 @@ def build_llama_tokenizer(directory: Path, corpus: list[str], vocab_size: int):
 def train_llm(directory: Path, records: list[dict], s: LlmSettings, seed: int, progress) -> dict:
     """Build and pretrain the tiny Llama on :func:`llm_corpus` of ``records``; saved to ``directory``."""
     import torch
-    from llava.constants import IMAGE_TOKEN_INDEX
-    from llava.mm_utils import tokenizer_image_token
     from transformers import LlamaConfig, LlamaForCausalLM
+
+    from revision_plugin.hosts.llava import token_constants
+    from revision_plugin.hosts.llava.inference import tokenize_prompt
 
     corpus = llm_corpus(records, seed)
     tokenizer = build_llama_tokenizer(directory, [t for t, _ in corpus], s.vocab_size)
@@ -255,7 +248,8 @@ def train_llm(directory: Path, records: list[dict], s: LlmSettings, seed: int, p
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config)
     # tokenised as LLaVA tokenises (tokenizer_image_token: the <image> slot becomes IMAGE_TOKEN_INDEX)
-    encoded = [(torch.tensor(tokenizer_image_token(t, tokenizer) if names else tokenizer(t).input_ids),
+    image_slot = token_constants().image_token_index
+    encoded = [(torch.tensor(tokenize_prompt(t, tokenizer) if names else tokenizer(t).input_ids),
                 prefix_token_ids(tokenizer, names) if names else None)
                for t, names in corpus]
     pad = tokenizer.unk_token_id
@@ -272,7 +266,7 @@ def train_llm(directory: Path, records: list[dict], s: LlmSettings, seed: int, p
         mask = torch.zeros((len(batch), length), dtype=torch.long)
         for i, (x, _) in enumerate(batch):
             ids[i, : len(x)], mask[i, : len(x)] = x, 1
-        slots = ids == IMAGE_TOKEN_INDEX
+        slots = ids == image_slot
         inputs = embed(ids.masked_fill(slots, pad))
         rows = [i for i, (_, objs) in enumerate(batch) if objs is not None]
         if rows:
@@ -293,3 +287,63 @@ def train_llm(directory: Path, records: list[dict], s: LlmSettings, seed: int, p
     model.eval().save_pretrained(str(directory))
     return {"corpus_texts": len(corpus), "loss_first": sum(losses[:10]) / 10, "loss_last": sum(losses[-10:]) / 10,
             "parameters": sum(p.numel() for p in model.parameters())}
+
+
+def probe_llm(directory: Path, records: list[dict], seed: int) -> dict:
+    """What the pretrained tiny Llama can read from its input, before any projector exists.
+
+    On held-out scenes: caption attribute recall with the scene's own soft vector (the input
+    it was pretrained to read) in the ``<image>`` slot, and with the mean soft vector of all
+    scenes (no scene information); POPE-style existence yes/no accuracy (chance 0.5) with the
+    scene's caption written in the prompt, and with its soft vector in the slot. Read beside
+    the tables: a question the LLM cannot answer even from the caption text cannot separate
+    the alignment methods (stage 1 may still find vectors it reads better than the soft one).
+    """
+    import torch
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    from revision_plugin.hosts.llava import llama3_conversation, token_constants
+    from revision_plugin.hosts.llava.inference import tokenize_prompt
+
+    tokenizer = AutoTokenizer.from_pretrained(str(directory))
+    model = LlamaForCausalLM.from_pretrained(str(directory)).eval()
+    embed = model.get_input_embeddings()
+    rng = random.Random(f"{seed}-probe")
+    vectors = [soft_vector(embed, prefix_token_ids(tokenizer, sorted(r["scene"].names()))) for r in records]
+    mean_vector = torch.stack(vectors).mean(0)
+
+    @torch.no_grad()
+    def answer(prompt: str, vector, max_new_tokens: int) -> str:
+        ids = torch.tensor(tokenize_prompt(prompt, tokenizer) if "<image>" in prompt else tokenizer(prompt).input_ids)
+        slots = ids == token_constants().image_token_index
+        inputs = embed(ids.masked_fill(slots, tokenizer.unk_token_id)).clone()
+        if slots.any():
+            inputs[slots] = vector
+        out = model.generate(inputs_embeds=inputs[None], attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                             max_new_tokens=max_new_tokens, do_sample=False)
+        return tokenizer.decode(out[0], skip_special_tokens=True).strip()
+
+    def chat(user: str) -> str:
+        conv = llama3_conversation()
+        conv.append_message(conv.roles[0], user)
+        conv.append_message(conv.roles[1], None)
+        return conv.get_prompt()
+
+    def recall(text: str, names: set[str]) -> float:
+        return len(names & lang.mentioned_objects(text.split(".")[0])) / len(names)
+
+    sums = dict.fromkeys(("caption_from_scene_vector", "caption_from_mean_vector", "existence_from_caption_text",
+                          "existence_from_scene_vector"), 0.0)
+    questions = 0
+    for record, vector in zip(records, vectors, strict=True):
+        names = set(record["scene"].names())
+        sums["caption_from_scene_vector"] += recall(answer("<image>", vector, 40), names)
+        sums["caption_from_mean_vector"] += recall(answer("<image>", mean_vector, 40), names)
+        absent = lang.absent_objects(record["scene"], rng, 1)[0]
+        for name, truth in ((rng.choice(sorted(names)), "yes"), (absent, "no")):
+            question = lang.with_suffix(f"Is there {lang.article(name)} {name} in the image?")
+            questions += 1
+            sums["existence_from_caption_text"] += answer(chat(f"{record['caption']}\n{question}"), None, 3).lower().startswith(truth)
+            sums["existence_from_scene_vector"] += answer(chat(f"<image>\n{question}"), vector, 3).lower().startswith(truth)
+    n = len(records)
+    return {"scenes": n, **{k: round(v / (n if k.startswith("caption") else questions), 4) for k, v in sums.items()}}

@@ -1,9 +1,10 @@
 """A cached step runner: each step writes into its own folder and, last, a ``.done.json``
 marker holding the fingerprint of everything it depends on (settings and upstream steps).
 
-A rerun with the same fingerprint skips the step (its recorded summary is reused); a
-changed setting, a missing marker (an interrupted run) or ``--force`` redoes it from an
-empty folder. Every step logs one line with its summary and wall time.
+A rerun with the same fingerprint skips the step (its recorded summary and wall time are
+reused); a changed setting, changed plugin source (:func:`code_version`), a missing marker
+(an interrupted run) or ``--force`` redoes it from an empty folder. Every step logs one line
+with its summary and wall time.
 """
 
 from __future__ import annotations
@@ -28,6 +29,25 @@ def fingerprint(*parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def code_version() -> str:
+    """A hash of the plugin's own source: a cached step never outlives the code that made it."""
+    root = Path(__file__).resolve().parents[1]
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")) + sorted((root / "hosts" / "patches").rglob("*.patch")):
+        digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def revision(*argv) -> None:
+    """A ``revision`` command, in-process, exactly as a user types it; a non-zero exit stops the study."""
+    from revision_plugin.cli import main
+    from revision_plugin.errors import RevisionError
+
+    code = main([str(a) for a in argv])
+    if code:
+        raise RevisionError(f"`revision {' '.join(map(str, argv[:2]))} ...` failed with exit code {code}")
+
+
 @dataclass
 class StepResult:
     name: str
@@ -42,15 +62,19 @@ class StepResult:
 class Runner:
     force: bool = False
     results: list[StepResult] = field(default_factory=list)
+    code: str = field(default_factory=code_version)
 
     def step(self, name: str, folder: Path, key, fn: Callable[[Path], dict]) -> StepResult:
         """Run ``fn(folder)`` unless ``folder`` holds a marker with the fingerprint of ``key``."""
-        fp = fingerprint(name, key)
+        fp = fingerprint(name, key, self.code)
         marker = folder / MARKER
         if not self.force and marker.is_file():
-            done = json.loads(marker.read_text())
-            if done.get("fingerprint") == fp:
-                result = StepResult(name, folder, fp, done["summary"], 0.0, True)
+            try:
+                done = json.loads(marker.read_text())
+            except (OSError, ValueError):  # a damaged marker: the step is redone, never trusted
+                done = {}
+            if isinstance(done, dict) and done.get("fingerprint") == fp and isinstance(done.get("summary"), dict):
+                result = StepResult(name, folder, fp, done["summary"], float(done.get("seconds", 0.0)), True)
                 self.results.append(result)
                 logger.info("%-28s cached  (%s)", name, _line(done["summary"]))
                 return result
@@ -67,6 +91,7 @@ class Runner:
         return result
 
     def timings(self) -> list[dict]:
+        """Every step's wall time when it ran (a cached step keeps the time of the run that made it)."""
         return [{"step": r.name, "seconds": round(r.seconds, 2), "cached": r.cached} for r in self.results]
 
 

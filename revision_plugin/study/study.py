@@ -12,24 +12,14 @@ import logging
 from dataclasses import asdict
 from pathlib import Path
 
-from revision_plugin.errors import RevisionError
 from revision_plugin.study import data, models, stages, tasks
-from revision_plugin.study.evaluate import run_lmms_eval
-from revision_plugin.study.pipeline import Runner
+from revision_plugin.study.evaluate import run_revision_eval
+from revision_plugin.study.pipeline import Runner, revision
 from revision_plugin.study.settings import ALIGN_VARIANTS, BLIND, PAIRED, StudySettings, method_of, slug
 
 logger = logging.getLogger(__name__)
 
 STAGES = ("stage1", "stage2")
-
-
-def _cli(*argv: str) -> None:
-    """A ``revision`` command, in-process, exactly as a user types it."""
-    from revision_plugin.cli import main
-
-    code = main([str(a) for a in argv])
-    if code:
-        raise RevisionError(f"`revision {' '.join(map(str, argv[:2]))} ...` failed with exit code {code}")
 
 
 def _progress(iterable, desc: str):
@@ -48,6 +38,8 @@ def run_seed(out: Path, settings: StudySettings, runner: Runner, *, ablation_tok
                        lambda d: _clip(d, files, s))
     llm = runner.step("tiny Llama", out / "models" / "llm", [world.fingerprint, asdict(s.llm)],
                       lambda d: models.train_llm(d, data.read_role(files, "llm_text"), s.llm, s.seed, _progress))
+    probe = runner.step("probe tiny Llama", out / "models" / "llm_probe", [llm.fingerprint, s.eval.probe_scenes],
+                        lambda d: _probe(d, llm.folder, files, s))
     embed = runner.step("revision embed", out / "emb", [clip.fingerprint],
                         lambda d: _embed(d, clip.folder, files))
     ops = runner.step("revision fit", out / "ops", [embed.fingerprint], lambda d: _fit(d, embed.folder))
@@ -73,21 +65,22 @@ def run_seed(out: Path, settings: StudySettings, runner: Runner, *, ablation_tok
                          lambda d, data_=stage1_data, spec=stage1_spec: stages.run_llava(stages.stage1_args(
                              llm.folder, data_, files.images, spec, d, s.train, s.seed)))
         e1 = runner.step(f"eval stage 1 {label}", out / "eval" / "stage1" / name, [s1.fingerprint, task_step.fingerprint],
-                         lambda d, ckpt=s1.folder: _eval(d, ckpt, task_dirs["images"], llm.folder, s))
+                         lambda d, ckpt=s1.folder: _eval(d, ckpt, task_dirs["images"], llm.folder, s, stage1=True))
         stage2_spec = stages.tower_spec(clip.folder, operator, None, num_tokens)
         s2 = runner.step(f"stage 2 {label}", run_dir / "stage2", [s1.fingerprint],
                          lambda d, spec=stage2_spec, proj=s1.folder / "mm_projector.bin": stages.run_llava(
                              stages.stage2_args(llm.folder, files.stage2_json, files.images, spec, proj, d, s.train, s.seed)))
         e2 = runner.step(f"eval stage 2 {label}", out / "eval" / "stage2" / name, [s2.fingerprint, task_step.fingerprint],
-                         lambda d, ckpt=s2.folder: _eval(d, ckpt, task_dirs["images"], None, s))
-        results["stage1"][label], results["stage2"][label] = e1.summary["file"], e2.summary["file"]
+                         lambda d, ckpt=s2.folder: _eval(d, ckpt, task_dirs["images"], None, s, stage1=False))
+        results["stage1"][label], results["stage2"][label] = e1.summary["run"], e2.summary["run"]
         if label == PAIRED:  # Blind: the w/ Image checkpoints, questions without their image
             for stage, ckpt, base in (("stage1", s1, llm.folder), ("stage2", s2, None)):
                 blind = runner.step(f"eval {stage} {BLIND}", out / "eval" / stage / slug(BLIND),
                                     [ckpt.fingerprint, task_step.fingerprint],
-                                    lambda d, c=ckpt, b=base: _eval(d, c.folder, task_dirs["blind"], b, s))
-                results[stage][BLIND] = blind.summary["file"]
-    return {"clip": clip.summary, "results": results}
+                                    lambda d, c=ckpt, b=base, st=stage: _eval(d, c.folder, task_dirs["blind"], b, s,
+                                                                               stage1=st == "stage1"))
+                results[stage][BLIND] = blind.summary["run"]
+    return {"clip": clip.summary, "probe": probe.summary, "results": results}
 
 
 # ----------------------------------------------------------------------------- step bodies
@@ -110,7 +103,7 @@ def _clip(folder: Path, files: data.WorldFiles, s: StudySettings) -> dict:
 
 
 def _embed(folder: Path, clip: Path, files: data.WorldFiles) -> dict:
-    _cli("embed", "--encoder", "hf_clip", "--model", clip, "--texts", files.stage1_texts,
+    revision("embed", "--encoder", "hf_clip", "--model", clip, "--texts", files.stage1_texts,
          "--images", files.operator_images, "--out", folder, "--offline", "--workers", "1", "--device", "cpu")
     return {"text_rows": _count(files.stage1_texts), "image_rows": _count(files.operator_images)}
 
@@ -121,7 +114,7 @@ def _count(path: Path) -> int:
 
 def _fit(folder: Path, emb: Path) -> dict:
     for _, method in ALIGN_VARIANTS:
-        _cli("fit", "--method", method, "--text", emb / "text", "--image", emb / "image", "--out", folder / method,
+        revision("fit", "--method", method, "--text", emb / "text", "--image", emb / "image", "--out", folder / method,
              "--no-progress")
     return {"operators": len(ALIGN_VARIANTS)}
 
@@ -130,7 +123,7 @@ def _report(folder: Path, emb: Path, ops: Path) -> dict:
     argv = ["report", "--text", emb / "text", "--image", emb / "image", "--out", folder, "--no-sample-complexity"]
     for label, method in ALIGN_VARIANTS:
         argv += ["--operator", f"{slug(label)}={ops / method}"]
-    _cli(*argv)
+    revision(*argv)
     return {"report": "report.json"}
 
 
@@ -140,9 +133,18 @@ def _tasks(folder: Path, files: data.WorldFiles, s: StudySettings) -> dict:
     return {"tasks": len(tasks.TASKS), "scenes": len(scenes)}
 
 
-def _eval(folder: Path, checkpoint: Path, task_folder: Path, model_base: Path | None, s: StudySettings) -> dict:
-    result = run_lmms_eval(checkpoint, task_folder, folder, model_base=model_base, batch_size=s.eval.batch_size)
-    scores = json.loads(result.read_text())["results"]
-    return {"file": str(result.relative_to(folder.parent.parent.parent)),
-            "pope": scores["revision_pope"]["pope_accuracy,none"],
-            "caption": scores["revision_study_caption"]["caption_attribute_accuracy,none"]}
+def _probe(folder: Path, llm: Path, files: data.WorldFiles, s: StudySettings) -> dict:
+    probe = models.probe_llm(llm, data.read_role(files, "eval")[: s.eval.probe_scenes], s.seed)
+    (folder / "llm_probe.json").write_text(json.dumps(probe, indent=1) + "\n")
+    return probe
+
+
+def _eval(folder: Path, checkpoint: Path, task_folder: Path, model_base: Path | None, s: StudySettings, *,
+          stage1: bool) -> dict:
+    """``revision eval`` of one checkpoint; a stage-1 checkpoint (trained on ``plain`` captions) is
+    asked its questions in the stage-2 template."""
+    results = run_revision_eval(checkpoint, task_folder, folder, model_base=model_base,
+                                conv_template=s.train.version if stage1 else None, batch_size=s.eval.batch_size)
+    return {"run": str(folder.relative_to(folder.parents[2])),
+            "pope": results["revision_pope"]["pope_accuracy,none"],
+            "caption": results["revision_study_caption"]["caption_attribute_accuracy,none"]}

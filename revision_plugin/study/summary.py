@@ -10,7 +10,6 @@ l2 categories), Caption (objects named with the right colour and shape), Avg of 
 
 from __future__ import annotations
 
-import json
 import logging
 import statistics
 from pathlib import Path
@@ -24,8 +23,11 @@ COLUMNS = ("POPE", "MME", "MMStar", "Caption")
 PAPER_ORDER = "ReAlign > C3 > W/o Align > Blind (Table 1; Mean Shift and BC in its geometry tables)"
 
 
-def scores(result_file: Path) -> dict[str, float]:
-    r = json.loads(Path(result_file).read_text())["results"]
+def scores(run_folder: Path) -> dict[str, float]:
+    """The study-table columns of one ``revision eval`` output folder (read as ``revision compare`` reads it)."""
+    from revision_plugin.compare.runs import load_run
+
+    r = load_run(run_folder).results
     mme_max = 200.0 * (len(MME_PERCEPTION) + len(MME_COGNITION))
     values = {
         "POPE": 100 * r["revision_pope"]["pope_accuracy,none"],
@@ -57,18 +59,31 @@ def study_table(out: Path, per_seed: list[dict]) -> tuple[str, dict]:
             rows = [scores(out / f"seed-{k}" / seed["results"][stage][label]) for k, seed in enumerate(per_seed)]
             lines.append(f"| {label} | " + " | ".join(_cell([r[c] for r in rows]) for c in (*COLUMNS, "Avg")) + " |")
             means[stage][label] = statistics.mean(r["Avg"] for r in rows)
+            means[f"{stage} caption"] = {**means.get(f"{stage} caption", {}),
+                                         label: statistics.mean(r["Caption"] for r in rows)}
         lines.append("")
     n = len(per_seed)
     lines.append(f"Mean ± std over {n} seeds." if n > 1 else "One seed (run `revision demo --seeds N` for mean ± std).")
     return "\n".join(lines) + "\n", means
 
 
-def summary_text(means: dict, clip: dict) -> str:
+def _mean(per_seed: list[dict], part: str, key: str) -> float:
+    return statistics.mean(float(seed[part][key]) for seed in per_seed)
+
+
+def _ranking(values: dict[str, float]) -> str:
+    return " > ".join(f"{k} {values[k]:.1f}" for k in sorted(values, key=values.get, reverse=True))
+
+
+def summary_text(means: dict, per_seed: list[dict]) -> str:
+    def m(part: str, key: str) -> float:
+        return _mean(per_seed, part, key)
+
     aligned = [label for label, _ in ALIGN_VARIANTS]
     s1, s2 = means["stage1"], means["stage2"]
     best1 = max(aligned, key=lambda k: s1[k])
     best2 = max(aligned, key=lambda k: s2[k])
-    ranking = " > ".join(f"{k} {s2[k]:.1f}" for k in sorted(s2, key=s2.get, reverse=True))
+    ranking = _ranking(s2)
     agree = []
     if best2 != "ReAlign" or best1 != "ReAlign":
         agree.append(f"it contradicts the paper's ReAlign-first ranking ({PAPER_ORDER}): "
@@ -84,14 +99,22 @@ def summary_text(means: dict, clip: dict) -> str:
     return (
         f"After stage 2 the study ranks (Avg %) {ranking}; after stage 1 alone (text-only projector tested on pixels) "
         f"ReAlign scores {s1['ReAlign']:.1f} vs W/o Align {s1['W/o Align']:.1f}, w/ Image {s1[PAIRED]:.1f} and "
-        f"Blind {s1[BLIND]:.1f}, with a tiny CLIP whose held-out recall@1 is {clip['recall@1']:.2f} "
-        f"(chance {clip['chance']:.3f}) and modality gap {clip['gap']:.2f}. "
-        f"Against the paper, {'; '.join(agree)}.\n"
+        f"Blind {s1[BLIND]:.1f}, with a tiny CLIP whose held-out recall@1 is {m('clip', 'recall@1'):.2f} "
+        f"(chance {m('clip', 'chance'):.3f}) and modality gap {m('clip', 'gap'):.2f}. "
+        f"Against the paper, {'; '.join(agree)}.\n\n"
+        f"Why the yes/no and multiple-choice columns say little here: before any projector exists, the tiny Llama "
+        f"answers POPE-style existence questions {100 * m('probe', 'existence_from_caption_text'):.0f}% right with the "
+        f"scene's caption in the prompt and {100 * m('probe', 'existence_from_scene_vector'):.0f}% with the vector it "
+        f"was pretrained to read (chance 50%), and its caption recall is "
+        f"{100 * m('probe', 'caption_from_scene_vector'):.0f}% from the scene's vector vs "
+        f"{100 * m('probe', 'caption_from_mean_vector'):.0f}% from the mean vector (`models/llm_probe/`); "
+        f"the Caption column is the one that measures what the projector carries (after stage 1: "
+        f"{_ranking(means['stage1 caption'])}), and differences smaller than the ± over seeds are noise.\n"
     )
 
 
 def write_outputs(out: Path, per_seed: list[dict], settings: StudySettings, runner) -> str:
-    from revision_plugin.study.study import _cli
+    from revision_plugin.study.pipeline import revision
 
     seed0 = out / "seed-0"
     for stage in ("stage1", "stage2"):
@@ -102,8 +125,8 @@ def write_outputs(out: Path, per_seed: list[dict], settings: StudySettings, runn
             argv += ["--label", label]
         for suffix in ("md", "csv", "png", "json"):
             argv += ["--out", out / f"table_{stage}.{suffix}"]
-        _cli(*argv)
+        revision(*argv)
     table, means = study_table(out, per_seed)
     (out / "study_table.md").write_text(table)
-    (out / "summary.md").write_text(summary_text(means, per_seed[0]["clip"]))
+    (out / "summary.md").write_text(summary_text(means, per_seed))
     return table

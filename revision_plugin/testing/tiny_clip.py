@@ -1,10 +1,9 @@
 """Tiny, randomly initialised CLIP-family models saved locally (no download) for tests and CI.
 
 ``build_tiny_clip`` writes a transformers ``CLIPModel`` with the real CLIP tokenizer class
-and image processor, loadable by ``load_encoder("hf_clip", dir)``. ``build_tiny_llm2clip``
-(implemented in ``tiny_llm2clip``) writes the two halves of the llm2clip path: a tiny
-bidirectional Llama text encoder and a tiny CLIP-with-text-adapter, with the same module
-layout as the released checkpoints.
+and image processor, loadable by ``load_encoder("hf_clip", dir)``. The llm2clip pair is
+``revision_plugin.testing.tiny_llm2clip.build_tiny_llm2clip`` (which builds on this module's
+vocabulary and image processor; imports run that way only).
 """
 
 from __future__ import annotations
@@ -94,9 +93,3 @@ def _clip_image_processor(image_size: int):
         size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
     )
 
-
-def build_tiny_llm2clip(directory: str | Path, **options):
-    """See ``revision_plugin.testing.tiny_llm2clip.build_tiny_llm2clip``; returns (model, text_model)."""
-    from revision_plugin.testing.tiny_llm2clip import build_tiny_llm2clip as build
-
-    return build(directory, **options)

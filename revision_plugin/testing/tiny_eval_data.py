@@ -224,71 +224,45 @@ def read_docs(parquet: str | Path) -> list[dict]:
     return list(datasets.load_dataset("parquet", data_files={"test": str(parquet)}, split="test"))
 
 
+def _tiny_task_yaml(benchmark: str, metrics: tuple[tuple[str, str], ...]) -> str:
+    """A tiny offline task: lmms-eval's real ``benchmark`` task functions on a local parquet file;
+    ``metrics``: (metric, aggregation function of that task's utils)."""
+    utils = f"lmms_eval.tasks.{benchmark}.utils"
+    metric_list = "".join(f"  - metric: {metric}\n    aggregation: !function {utils}.{aggregation}\n"
+                          "    higher_is_better: true\n" for metric, aggregation in metrics)
+    return f"""\
+# Tiny offline {benchmark.upper()} (built by revision_plugin.testing.tiny_eval_data): the real {benchmark}
+# task's functions on a local parquet file.
+task: revision_tiny_{benchmark}
+dataset_path: parquet
+dataset_kwargs:
+  data_files:
+    test: {benchmark}/test.parquet
+test_split: test
+output_type: generate_until
+doc_to_visual: !function {utils}.{benchmark}_doc_to_visual
+doc_to_text: !function {utils}.{benchmark}_doc_to_text
+doc_to_target: "answer"
+generation_kwargs:
+  max_new_tokens: 8
+  temperature: 0
+  do_sample: false
+process_results: !function {utils}.{benchmark}_process_results
+metric_list:
+{metric_list}lmms_eval_specific_kwargs:
+  default:
+    pre_prompt: ""
+    post_prompt: "\\nAnswer the question using a single word or phrase."
+metadata:
+  - version: 0.0
+"""
+
+
 _TINY_TASK_YAML = {
-    "revision_tiny_pope": """\
-# Tiny offline POPE (built by revision_plugin.testing.tiny_eval_data): the real pope
-# task's functions on a local parquet file.
-task: revision_tiny_pope
-dataset_path: parquet
-dataset_kwargs:
-  data_files:
-    test: pope/test.parquet
-test_split: test
-output_type: generate_until
-doc_to_visual: !function lmms_eval.tasks.pope.utils.pope_doc_to_visual
-doc_to_text: !function lmms_eval.tasks.pope.utils.pope_doc_to_text
-doc_to_target: "answer"
-generation_kwargs:
-  max_new_tokens: 8
-  temperature: 0
-  do_sample: false
-process_results: !function lmms_eval.tasks.pope.utils.pope_process_results
-metric_list:
-  - metric: pope_accuracy
-    aggregation: !function lmms_eval.tasks.pope.utils.pope_aggregate_accuracy
-    higher_is_better: true
-  - metric: pope_f1_score
-    aggregation: !function lmms_eval.tasks.pope.utils.pope_aggregate_f1_score
-    higher_is_better: true
-lmms_eval_specific_kwargs:
-  default:
-    pre_prompt: ""
-    post_prompt: "\\nAnswer the question using a single word or phrase."
-metadata:
-  - version: 0.0
-""",
-    "revision_tiny_mme": """\
-# Tiny offline MME (built by revision_plugin.testing.tiny_eval_data): the real mme
-# task's functions on a local parquet file.
-task: revision_tiny_mme
-dataset_path: parquet
-dataset_kwargs:
-  data_files:
-    test: mme/test.parquet
-test_split: test
-output_type: generate_until
-doc_to_visual: !function lmms_eval.tasks.mme.utils.mme_doc_to_visual
-doc_to_text: !function lmms_eval.tasks.mme.utils.mme_doc_to_text
-doc_to_target: "answer"
-generation_kwargs:
-  max_new_tokens: 8
-  temperature: 0
-  do_sample: false
-process_results: !function lmms_eval.tasks.mme.utils.mme_process_results
-metric_list:
-  - metric: mme_perception_score
-    aggregation: !function lmms_eval.tasks.mme.utils.mme_aggregate_results
-    higher_is_better: true
-  - metric: mme_cognition_score
-    aggregation: !function lmms_eval.tasks.mme.utils.mme_aggregate_results
-    higher_is_better: true
-lmms_eval_specific_kwargs:
-  default:
-    pre_prompt: ""
-    post_prompt: "\\nAnswer the question using a single word or phrase."
-metadata:
-  - version: 0.0
-""",
+    "revision_tiny_pope": _tiny_task_yaml("pope", (("pope_accuracy", "pope_aggregate_accuracy"),
+                                                   ("pope_f1_score", "pope_aggregate_f1_score"))),
+    "revision_tiny_mme": _tiny_task_yaml("mme", (("mme_perception_score", "mme_aggregate_results"),
+                                                 ("mme_cognition_score", "mme_aggregate_results"))),
 }
 
 

@@ -79,12 +79,15 @@ def _llama2_role_tokens(vocab: dict[str, int], merges: list[tuple[str, str]]):
     return {t: i for i, t in enumerate(tokens)}, merges
 
 
-def build_tiny_tokenizer(directory: str | Path, vocab_size: int = 700):
-    """Train a byte-fallback BPE on :func:`tiny_corpus` and save it as a ``LlamaTokenizer``."""
-    from tokenizers import Regex, Tokenizer, models, pre_tokenizers, trainers
-    from transformers import LlamaTokenizer
+# Llama's byte-fallback specials: <unk>, <s>, </s> and one token per byte
+LLAMA_SPECIALS = ("<unk>", "<s>", "</s>", *(f"<0x{i:02X}>" for i in range(256)))
 
-    specials = ["<unk>", "<s>", "</s>"] + [f"<0x{i:02X}>" for i in range(256)]
+
+def train_llama_bpe(texts, vocab_size: int) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """``(vocab, merges)`` of a byte-fallback BPE trained on ``texts``, SentencePiece-style, with
+    :data:`LLAMA_SPECIALS` first (``vocab_size`` counts them)."""
+    from tokenizers import Regex, Tokenizer, models, pre_tokenizers, trainers
+
     bpe = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True, fuse_unk=True))
     # Training-time splitting only decides which merges exist: never across spaces (like
     # SentencePiece), punctuation or newlines (a newline becomes the <0x0A> byte, as in Llama).
@@ -93,11 +96,18 @@ def build_tiny_tokenizer(directory: str | Path, vocab_size: int = 700):
         pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first", split=True),
         pre_tokenizers.Punctuation(behavior="isolated"),
     ])
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False)
-    bpe.train_from_iterator(tiny_corpus(), trainer)
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(LLAMA_SPECIALS), show_progress=False)
+    bpe.train_from_iterator(texts, trainer)
     model = json.loads(bpe.to_str())["model"]
     merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in model["merges"]]
-    vocab, merges = _llama2_role_tokens(model["vocab"], merges)
+    return model["vocab"], merges
+
+
+def build_tiny_tokenizer(directory: str | Path, vocab_size: int = 700):
+    """Train a byte-fallback BPE on :func:`tiny_corpus` and save it as a ``LlamaTokenizer``."""
+    from transformers import LlamaTokenizer
+
+    vocab, merges = _llama2_role_tokens(*train_llama_bpe(tiny_corpus(), vocab_size))
     tokenizer = LlamaTokenizer(vocab=vocab, merges=merges, legacy=False, add_bos_token=True,
                                add_eos_token=False, model_max_length=2048)
     tokenizer.add_tokens([hint_token(i) for i in range(len(COLOURS) * len(SHAPES))], special_tokens=True)

@@ -38,6 +38,21 @@ STAGE1_NAME = "tiny-llava-revision-stage1"
 _LOCK = threading.Lock()
 
 
+def _training_args(output_dir: str | Path, epochs: float, batch_size: int, learning_rate: float,
+                   save_steps: int) -> list[str]:
+    """The training settings both tiny stages share (LLaVA's scripts' schedule and saving)."""
+    return [
+        "--output_dir", str(output_dir), "--num_train_epochs", str(epochs),
+        "--per_device_train_batch_size", str(batch_size), "--gradient_accumulation_steps", "1",
+        "--learning_rate", str(learning_rate), "--weight_decay", "0.", "--warmup_ratio", "0.03",
+        "--lr_scheduler_type", "cosine", "--logging_steps", "1",
+        # LLaVA's scripts' saving: step checkpoints (every save_steps, and always at the end) + the final save.
+        "--save_strategy", "steps", "--save_steps", str(save_steps), "--save_total_limit", "1",
+        "--model_max_length", "256", "--dataloader_num_workers", "0", "--lazy_preprocess", "True",
+        "--report_to", "none", "--seed", "0", "--disable_tqdm", "True",
+    ]
+
+
 def stage1_args(data: TinyLlavaData, output_dir: str | Path, *, spec: str | None = None, data_path: str | Path | None = None,
                 epochs: float = 1, batch_size: int = 8, learning_rate: float = 5e-3, save_steps: int = 50000,
                 extra: list[str] | None = None) -> list[str]:
@@ -47,14 +62,7 @@ def stage1_args(data: TinyLlavaData, output_dir: str | Path, *, spec: str | None
         "--data_path", str(data_path or data.stage1_json), "--image_folder", str(data.image_folder),
         "--vision_tower", spec or data.spec_cached, "--mm_projector_type", "mlp2x_gelu",
         "--tune_mm_mlp_adapter", "True", "--mm_use_im_start_end", "False", "--mm_use_im_patch_token", "False",
-        "--output_dir", str(output_dir), "--num_train_epochs", str(epochs),
-        "--per_device_train_batch_size", str(batch_size), "--gradient_accumulation_steps", "1",
-        "--learning_rate", str(learning_rate), "--weight_decay", "0.", "--warmup_ratio", "0.03",
-        "--lr_scheduler_type", "cosine", "--logging_steps", "1",
-        # LLaVA's scripts' saving: step checkpoints (every save_steps, and always at the end) + the final save.
-        "--save_strategy", "steps", "--save_steps", str(save_steps), "--save_total_limit", "1",
-        "--model_max_length", "256", "--dataloader_num_workers", "0", "--lazy_preprocess", "True",
-        "--report_to", "none", "--seed", "0", "--disable_tqdm", "True",
+        *_training_args(output_dir, epochs, batch_size, learning_rate, save_steps),
         *(extra or []),
     ]
 
@@ -69,14 +77,7 @@ def stage2_args(data: TinyLlavaData, output_dir: str | Path, projector: str | Pa
         "--vision_tower", spec or data.spec_cached, "--pretrain_mm_mlp_adapter", str(projector),
         "--mm_projector_type", "mlp2x_gelu", "--mm_use_im_start_end", "False", "--mm_use_im_patch_token", "False",
         "--image_aspect_ratio", "pad", "--group_by_modality_length", "True",
-        "--output_dir", str(output_dir), "--num_train_epochs", str(epochs),
-        "--per_device_train_batch_size", str(batch_size), "--gradient_accumulation_steps", "1",
-        "--learning_rate", str(learning_rate), "--weight_decay", "0.", "--warmup_ratio", "0.03",
-        "--lr_scheduler_type", "cosine", "--logging_steps", "1",
-        # LLaVA's scripts' saving: step checkpoints (every save_steps, and always at the end) + the final save.
-        "--save_strategy", "steps", "--save_steps", str(save_steps), "--save_total_limit", "1",
-        "--model_max_length", "256", "--dataloader_num_workers", "0", "--lazy_preprocess", "True",
-        "--report_to", "none", "--seed", "0", "--disable_tqdm", "True",
+        *_training_args(output_dir, epochs, batch_size, learning_rate, save_steps),
         *(extra or []),
     ]
 

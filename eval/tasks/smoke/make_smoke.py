@@ -14,7 +14,6 @@ so re-run this after upgrading lmms-eval.
 
 from __future__ import annotations
 
-import argparse
 import re
 import sys
 from pathlib import Path
@@ -25,6 +24,7 @@ ROOT = TASKS.parent.parent
 sys.path.insert(0, str(ROOT))
 
 from revision_plugin.compare.suite import MMMU_VARIANTS, SMOKE_PREFIX, SUITE_TASKS  # noqa: E402  (after sys.path)
+from revision_plugin.generated import generator_main  # noqa: E402  (after sys.path)
 
 # our tasks: file relative to eval/tasks
 OURS = {
@@ -97,21 +97,7 @@ def render() -> dict[str, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--check", action="store_true", help="exit 1 if a file differs from what would be written")
-    args = parser.parse_args(argv)
-    stale = []
-    for name, text in render().items():
-        path = HERE / name
-        if args.check:
-            if not path.is_file() or path.read_text() != text:
-                stale.append(name)
-        else:
-            path.write_text(text)
-    if stale:
-        print(f"out of date: {', '.join(stale)} (run python eval/tasks/smoke/make_smoke.py)", file=sys.stderr)
-        return 1
-    return 0
+    return generator_main(render, HERE, __doc__.splitlines()[0], "python eval/tasks/smoke/make_smoke.py", argv, announce=False)
 
 
 if __name__ == "__main__":

@@ -44,7 +44,10 @@ imports :func:`register` and :func:`build_vision_tower` from this package):
 * :mod:`.trainer` - LLaVA's trainer with resumable, self-contained step checkpoints;
 * :mod:`.registration` - :func:`register` (the rebind table) and its ``undo``;
 * :mod:`.launch` - :func:`train_llava` and :func:`load_pretrained_model`;
-* :mod:`.models` - LLaVA models built in code, LLaVA's token constants (benchmarks).
+* :mod:`.models` - LLaVA models built in code, LLaVA's token constants (benchmarks);
+* :mod:`.inference` - prompts, ``<image>``-aware tokenisation and image preprocessing as LLaVA's
+  eval does them (for the lmms-eval model and the study, which do not import ``llava``);
+* :mod:`.commands_data` - ``revision llava-data`` (caption json -> stage-1 records; plain JSON).
 """
 
 from __future__ import annotations
@@ -75,6 +78,13 @@ from revision_plugin.hosts.llava.data import (
     make_supervised_data_module,
     scan_records,
 )
+from revision_plugin.hosts.llava.inference import (
+    build_prompt,
+    conversation_templates,
+    ignore_index,
+    process_images,
+    tokenize_prompt,
+)
 from revision_plugin.hosts.llava.launch import load_pretrained_model, train_llava
 from revision_plugin.hosts.llava.models import TokenConstants, build_llava_llama, token_constants
 from revision_plugin.hosts.llava.projector import (
@@ -104,28 +114,31 @@ __all__ = [
     "CONV_TEMPLATE_KEY",
     "LLAMA3_SYSTEM",
     "LLAMA3_VERSION",
+    "LlavaRevisionTower",
     "MAX_REPORTED_RECORDS",
     "NON_LORA_FILE",
     "OVERRIDES_ENV",
     "PROJECTOR_FILE",
     "PROJECTOR_FORMAT",
     "PROJECTOR_METADATA_KEY",
+    "RevisionDataCollator",
+    "RevisionImageProcessor",
     "SAVED_AT_KEY",
     "SKIP_BAD_RECORDS_ENV",
     "SUPPORTED_HOST_VERSION",
     "TOWER_DIR_ENV",
-    "LlavaRevisionTower",
-    "RevisionDataCollator",
-    "RevisionImageProcessor",
     "TokenConstants",
     "add_projector_metadata",
     "apply_overrides",
     "build_llava_llama",
+    "build_prompt",
     "build_vision_tower",
     "check_projector_metadata",
     "checkpoint_config_entries",
     "conv_template_of",
+    "conversation_templates",
     "finalize_checkpoint",
+    "ignore_index",
     "initialize_vision_modules",
     "is_revision_spec",
     "llama3_conversation",
@@ -133,6 +146,7 @@ __all__ = [
     "make_supervised_data_module",
     "preprocess",
     "preprocess_llama_3",
+    "process_images",
     "projector_metadata",
     "read_projector_metadata",
     "register",
@@ -140,6 +154,7 @@ __all__ = [
     "save_pretrained",
     "scan_records",
     "token_constants",
+    "tokenize_prompt",
     "tower_of",
     "train_llava",
 ]

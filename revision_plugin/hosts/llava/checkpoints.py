@@ -7,12 +7,13 @@ metadata. Also the ``save_pretrained`` / ``safe_save_model_for_hf_trainer`` /
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
+from revision_plugin.atomic import atomic_write_bytes, shared_mode
 from revision_plugin.hosts.llava.constants import CONV_TEMPLATE_KEY, PROJECTOR_FILE, SAVED_AT_KEY
 from revision_plugin.hosts.llava.projector import add_projector_metadata, check_projector_metadata, projector_metadata
 from revision_plugin.hosts.llava.tower import LlavaRevisionTower, _resolve_spec, is_revision_spec, tower_of
+from revision_plugin.runtime import unwrap_model
 from revision_plugin.tower import (
     MODEL_CONFIG_KEY,
     SPEC_PREFIX,
@@ -25,7 +26,7 @@ from revision_plugin.tower import (
 def conv_template_of(model) -> str | None:
     """The conversation template (LLaVA's ``--version``) ``model`` was trained with: what
     :func:`initialize_vision_modules` recorded, else the name of LLaVA's current default."""
-    name = getattr(getattr(_unwrap(model), "config", None), CONV_TEMPLATE_KEY, None)
+    name = getattr(getattr(unwrap_model(model), "config", None), CONV_TEMPLATE_KEY, None)
     if name:
         return str(name)
     from llava import conversation as conversation_lib
@@ -67,18 +68,11 @@ def finalize_checkpoint(output_dir: str | Path, model) -> None:
         config = json.loads(config_path.read_text())
         config.update(checkpoint_config_entries(model, tower))
         config.pop(SAVED_AT_KEY, None)  # no absolute paths: the checkpoint is found where it is
-        tmp = config_path.with_name(f".config.json.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-        os.replace(tmp, config_path)
+        text = json.dumps(config, indent=2, sort_keys=True) + "\n"
+        atomic_write_bytes(config_path, text.encode(), mode=shared_mode(config_path))
     projector = output_dir / PROJECTOR_FILE
     if projector.is_file():
-        add_projector_metadata(projector, projector_metadata(_unwrap(model), tower))
-
-
-def _unwrap(model):
-    while hasattr(model, "module"):
-        model = model.module
-    return model
+        add_projector_metadata(projector, projector_metadata(unwrap_model(model), tower))
 
 
 def _is_peft(model) -> bool:
@@ -86,7 +80,7 @@ def _is_peft(model) -> bool:
         from peft import PeftModel
     except ImportError:
         return False
-    return isinstance(_unwrap(model), PeftModel)
+    return isinstance(unwrap_model(model), PeftModel)
 
 
 def _is_main_process(trainer) -> bool:

@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
-SUPPORTED_HOST_VERSION = "1.2.2.post1"
+from revision_plugin.hosts.versions import LLAVA_VERSION
+
+SUPPORTED_HOST_VERSION = LLAVA_VERSION
 PROJECTOR_FILE = "mm_projector.bin"
 PROJECTOR_METADATA_KEY = "revision.projector_metadata"
 PROJECTOR_FORMAT = "revision-projector"

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 
 from revision_plugin import __version__
+from revision_plugin.atomic import atomic_file, shared_mode
 from revision_plugin.errors import ArtifactMismatchError
 from revision_plugin.hosts.llava.constants import PROJECTOR_FORMAT, PROJECTOR_METADATA_KEY
 from revision_plugin.tower import TowerConfig
@@ -46,9 +46,8 @@ def add_projector_metadata(path: str | Path, metadata: dict) -> None:
     path = Path(path)
     weights = torch.load(path, map_location="cpu", weights_only=True)
     weights[PROJECTOR_METADATA_KEY] = torch.tensor(list(json.dumps(metadata, sort_keys=True).encode()), dtype=torch.uint8)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(weights, tmp)
-    os.replace(tmp, path)
+    with atomic_file(path, mode=shared_mode(path)) as f:
+        torch.save(weights, f)
 
 
 def read_projector_metadata(path: str | Path) -> dict | None:

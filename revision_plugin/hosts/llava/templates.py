@@ -43,14 +43,15 @@ def preprocess_llama_3(sources, tokenizer, has_image: bool = False) -> dict:
     assistant headers are masked, assistant answers and their ``<|eot_id|>`` are learned."""
     from llava import conversation as conversation_lib
     from llava.constants import IGNORE_INDEX
-    from llava.mm_utils import tokenizer_image_token
+
+    from revision_plugin.hosts.llava.inference import tokenize_prompt
 
     conv = conversation_lib.default_conversation
     roles = {"human": conv.roles[0], "gpt": conv.roles[1]}
     bos = tokenizer.bos_token_id
 
     def encode(text: str) -> list[int]:
-        ids = tokenizer_image_token(text, tokenizer) if has_image else tokenizer(text).input_ids
+        ids = tokenize_prompt(text, tokenizer) if has_image else tokenizer(text).input_ids
         return ids[1:] if ids and bos is not None and ids[0] == bos else ids
 
     all_ids, all_labels = [], []

@@ -24,6 +24,7 @@ from revision_plugin.tower import (
     TowerConfig,
     parse_tower_spec,
     resolve_tower_config,
+    spec_field,
 )
 
 logger = logging.getLogger(__name__)
@@ -200,10 +201,7 @@ def apply_overrides(config: TowerConfig, overrides: str | None = None) -> TowerC
         return config
     values = config.to_dict()
     given = parse_tower_spec(overrides)
-    for key in {k.strip().split("=", 1)[0] for k in overrides.split(",") if "=" in k}:
-        key = {"model": "encoder_model", "k": "num_tokens", "op": "operator", "store": "text_store"}.get(key, key)
-        if key.startswith("encoder_options."):
-            key = "encoder_options"
+    for key in {spec_field(k.split("=", 1)[0]) for k in overrides.split(",") if "=" in k}:
         values[key] = getattr(given, key)
     logger.info("revision: tower settings overridden by $%s: %s", OVERRIDES_ENV, overrides)
     return TowerConfig(**values)

@@ -13,12 +13,12 @@ from revision_plugin.errors import ArtifactMismatchError
 from revision_plugin.hosts.llava.checkpoints import (
     _is_main_process,
     _is_peft,
-    _unwrap,
     checkpoint_config_entries,
     finalize_checkpoint,
 )
 from revision_plugin.hosts.llava.constants import NON_LORA_FILE, PROJECTOR_FILE
 from revision_plugin.hosts.llava.tower import tower_of
+from revision_plugin.runtime import unwrap_model
 from revision_plugin.tower import save_tower_artifacts
 
 logger = logging.getLogger(__name__)
@@ -33,7 +33,7 @@ def _save_lora_extras(trainer, folder: str) -> None:
     weights = llava_train.get_peft_state_non_lora_maybe_zero_3(trainer.model.named_parameters())
     if _is_main_process(trainer):
         os.makedirs(folder, exist_ok=True)
-        _unwrap(trainer.model).config.save_pretrained(folder)
+        unwrap_model(trainer.model).config.save_pretrained(folder)
         torch.save(weights, os.path.join(folder, NON_LORA_FILE))
 
 
@@ -64,7 +64,7 @@ def _make_trainer_class():
                 finalize_checkpoint(folder, self.model)
 
         def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
-            target = _unwrap(model if model is not None else self.model)
+            target = unwrap_model(model if model is not None else self.model)
             projector = os.path.join(resume_from_checkpoint, PROJECTOR_FILE)
             if getattr(self.args, "tune_mm_mlp_adapter", False) and os.path.isfile(projector):
                 weights = torch.load(projector, map_location="cpu", weights_only=True)
@@ -94,7 +94,7 @@ def _make_trainer_class():
             # LLaVA's train() saves a LoRA run itself right after this (config.json, adapter,
             # non_lora_trainables.bin), bypassing every save hook: put the checkpoint's keys in
             # the config it writes, and the tower artifacts next to it.
-            config = _unwrap(self.model).config
+            config = unwrap_model(self.model).config
             for key, value in checkpoint_config_entries(self.model, tower).items():
                 setattr(config, key, value)
             if _is_main_process(self):

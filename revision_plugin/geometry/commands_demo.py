@@ -1,4 +1,5 @@
-"""``revision demo``: the embedded default job, offline and in well under a minute.
+"""``revision demo --geometry-only``: the synthetic-vector geometry demo, offline and in well
+under a minute.
 
 Generates seeded synthetic unpaired embeddings, fits every registered operator (plus iterated
 ReAlign) on one split, measures the centroid gap on a held-out split and writes the operators

@@ -19,8 +19,8 @@ import logging
 import os
 from pathlib import Path
 
+from revision_plugin.atomic import atomic_write_bytes
 from revision_plugin.errors import BadInputError, check_writable
-from revision_plugin.store.layout import atomic_write_bytes
 
 logger = logging.getLogger(__name__)
 

@@ -3,18 +3,20 @@
 Resumable (rerun the same command after a kill), multi-process under ``torchrun`` (each
 rank writes its own shards; rank 0 finalizes), batches sorted by length, bf16 on GPU.
 Unusable inputs are listed in ``OUT/<modality>/rejected.jsonl`` with a reason, or stop
-the run under ``--strict``.
+the run under ``--strict``; a rerun tries them again. A rerun skips inputs stored with the
+same content, refuses changed ones unless ``--update`` (re-embeds them), and refuses a
+different model even in a same-named directory (``encoders/corpus_embedding.py``).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from datetime import timedelta
 from pathlib import Path
 
+from revision_plugin import runtime
 from revision_plugin.argtypes import positive_int
 from revision_plugin.errors import RevisionError
 
@@ -56,9 +58,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--trust-remote-code", action="store_true",
                         help="llm2clip: allow running the model directory's own Python code (its modeling files)")
     parser.add_argument("--strict", action="store_true", help="stop at the first unusable input instead of rejecting it")
+    parser.add_argument("--update", action="store_true",
+                        help="re-embed inputs whose text or image changed since they were stored (default: refuse "
+                             "them); single process")
     parser.add_argument("--no-sort", action="store_true", help="keep input order instead of sorting texts by length")
     parser.add_argument("--workers", type=positive_int, default=4, help="image decoding threads per process")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars (also none while loading the model)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -73,6 +78,8 @@ def run(args: argparse.Namespace) -> int:
     check_writable(args.out, directory=True)
     if args.batch_size <= 0 or args.shard_rows <= 0:
         raise RevisionError("--batch-size and --shard-rows must be positive")
+    if args.update and runtime.launched_world_size() > 1:
+        raise RevisionError("--update re-embeds changed rows in one process; run it without torchrun")
     # Read and check every input before loading a multi-GB model.
     corpora = {
         modality: read_corpus(
@@ -92,6 +99,10 @@ def run(args: argparse.Namespace) -> int:
                    "trust_remote_code": args.trust_remote_code}
     elif args.text_model:
         raise RevisionError("--text-model is only used with --encoder llm2clip")
+    if args.no_progress:  # transformers' own "Loading weights" bars too
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()
     encoder = load_encoder(
         args.encoder, args.model, device=device, dtype=None if args.dtype == "auto" else args.dtype,
         offline=args.offline, **options,
@@ -104,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
                 encoder, items, args.out / modality, modality,
                 batch_size=args.batch_size, shard_rows=args.shard_rows, sort_by_length=not args.no_sort,
                 strict=args.strict, progress=not args.no_progress and rank == 0,
-                rank=rank, world_size=world_size, image_workers=args.workers,
+                rank=rank, world_size=world_size, image_workers=args.workers, update=args.update,
             )
         )
     if rank == 0:
@@ -114,11 +125,14 @@ def run(args: argparse.Namespace) -> int:
                 print(
                     f"{summary.modality}: {store.count} rows in {summary.store_dir} "
                     f"({summary.embedded} embedded now by rank 0 at {summary.rows_per_second:.1f} rows/s, "
-                    f"{summary.already_done} done before); {store.manifest['rejected']} rejected"
+                    f"{summary.already_done} done before"
+                    + (f", {summary.retried} rejected before and retried" if summary.retried else "")
+                    + (f", {summary.updated} changed and re-embedded" if summary.updated else "")
+                    + f"); {store.manifest['rejected']} rejected"
                     + (f" (this run, rank 0: {reasons})" if reasons else "")
                     + (f", see {summary.store_dir / 'rejected.jsonl'}" if store.manifest["rejected"] else "")
                 )
-    _shutdown_distributed()
+    runtime.shutdown_distributed()
     return 0
 
 
@@ -138,32 +152,17 @@ def _inputs(args) -> dict[str, Path]:
 
 def _init_distributed() -> tuple[int, int, int]:
     """Rank, world size and local rank; joins the process group started by torchrun."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size <= 1:
+    if runtime.launched_world_size() <= 1:
         return 0, 1, 0
-    import torch
     import torch.distributed as dist
 
-    if not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        # Ranks wait for each other only at the end; allow for unequal progress.
-        dist.init_process_group(backend=backend, timeout=timedelta(hours=6))
-    return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0"))
-
-
-def _shutdown_distributed() -> None:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+    # Ranks wait for each other only at the end; allow for unequal progress.
+    runtime.init_distributed(timeout=timedelta(hours=6))
+    return dist.get_rank(), dist.get_world_size(), runtime.local_rank()
 
 
 def _device(requested: str, local_rank: int) -> str:
-    if requested != "auto":
-        return requested
-    import torch
-
-    return f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
+    return requested if requested != "auto" else runtime.default_device(local_rank)
 
 
 if __name__ == "__main__":

@@ -29,18 +29,19 @@ import csv
 import hashlib
 import importlib.util
 import logging
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from revision_plugin.atomic import atomic_write_bytes, shared_mode
 from revision_plugin.errors import RevisionError
+from revision_plugin.hosts.versions import LLAVA_DISTRIBUTION, LLAVA_PATCH_SERIES, LLAVA_VERSION
 
 logger = logging.getLogger(__name__)
 
-HOST_DISTRIBUTION = "llava-torch"
-SUPPORTED_VERSION = "1.2.2.post1"
-PATCH_SERIES = "llava-1.2.2"
+HOST_DISTRIBUTION = LLAVA_DISTRIBUTION
+SUPPORTED_VERSION = LLAVA_VERSION
+PATCH_SERIES = LLAVA_PATCH_SERIES
 
 PRISTINE, PATCHED, MODIFIED = "pristine", "patched", "modified"
 
@@ -353,10 +354,7 @@ def patch_host(package_dir: str | Path | None = None, patch_dir: str | Path | No
 
 
 def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.revision-tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.chmod(tmp, path.stat().st_mode)
-    os.replace(tmp, path)
+    atomic_write_bytes(path, text.encode("utf-8"), mode=shared_mode(path))
     cache = path.parent / "__pycache__"
     for pyc in cache.glob(f"{path.stem}.*.pyc") if cache.is_dir() else []:
         pyc.unlink(missing_ok=True)
