@@ -62,14 +62,14 @@ def run_seed(out: Path, settings: StudySettings, runner: Runner, *, ablation_tok
         stage1_data = files.stage1_json if method else files.paired_json
         key = [*base_key, label, num_tokens]
         s1 = runner.step(f"stage 1 {label}", run_dir / "stage1", key,
-                         lambda d, data_=stage1_data, spec=stage1_spec: stages.run_llava(stages.stage1_args(
-                             llm.folder, data_, files.images, spec, d, s.train, s.seed)))
+                         lambda d, data_=stage1_data, spec=stage1_spec, k=num_tokens: stages.run_llava(stages.stage1_args(
+                             llm.folder, data_, files.images, spec, d, s.train, s.seed, k)))
         e1 = runner.step(f"eval stage 1 {label}", out / "eval" / "stage1" / name, [s1.fingerprint, task_step.fingerprint],
                          lambda d, ckpt=s1.folder: _eval(d, ckpt, task_dirs["images"], llm.folder, s, stage1=True))
         stage2_spec = stages.tower_spec(clip.folder, operator, None, num_tokens)
         s2 = runner.step(f"stage 2 {label}", run_dir / "stage2", [s1.fingerprint],
-                         lambda d, spec=stage2_spec, proj=s1.folder / "mm_projector.bin": stages.run_llava(
-                             stages.stage2_args(llm.folder, files.stage2_json, files.images, spec, proj, d, s.train, s.seed)))
+                         lambda d, spec=stage2_spec, proj=s1.folder / "mm_projector.bin", k=num_tokens: stages.run_llava(
+                             stages.stage2_args(llm.folder, files.stage2_json, files.images, spec, proj, d, s.train, s.seed, k)))
         e2 = runner.step(f"eval stage 2 {label}", out / "eval" / "stage2" / name, [s2.fingerprint, task_step.fingerprint],
                          lambda d, ckpt=s2.folder: _eval(d, ckpt, task_dirs["images"], None, s, stage1=False))
         results["stage1"][label], results["stage2"][label] = e1.summary["run"], e2.summary["run"]

@@ -14,7 +14,7 @@ import logging
 import statistics
 from pathlib import Path
 
-from revision_plugin.study.settings import ALIGN_VARIANTS, BLIND, PAIRED, StudySettings, slug
+from revision_plugin.study.settings import ALIGN_VARIANTS, BLIND, PAIRED, StudySettings
 from revision_plugin.study.tasks import MME_COGNITION, MME_PERCEPTION
 
 logger = logging.getLogger(__name__)
@@ -119,7 +119,7 @@ def write_outputs(out: Path, per_seed: list[dict], settings: StudySettings, runn
     seed0 = out / "seed-0"
     for stage in ("stage1", "stage2"):
         labels = list(per_seed[0]["results"][stage])
-        dirs = [seed0 / "eval" / stage / slug(label) for label in labels]
+        dirs = [seed0 / per_seed[0]["results"][stage][label] for label in labels]
         argv = ["compare", *dirs]
         for label in labels:
             argv += ["--label", label]
