@@ -43,7 +43,8 @@ def run_seed(out: Path, settings: StudySettings, runner: Runner, *, ablation_tok
     embed = runner.step("revision embed", out / "emb", [clip.fingerprint],
                         lambda d: _embed(d, clip.folder, files))
     ops = runner.step("revision fit", out / "ops", [embed.fingerprint], lambda d: _fit(d, embed.folder))
-    runner.step("revision report", out / "report", [ops.fingerprint], lambda d: _report(d, embed.folder, ops.folder))
+    report = runner.step("revision report", out / "report", [ops.fingerprint],
+                         lambda d: _report(d, embed.folder, ops.folder))
     task_step = runner.step("eval tasks", out / "eval_tasks", [world.fingerprint, asdict(s.eval)],
                             lambda d: _tasks(d, files, s))
     task_dirs = {"images": task_step.folder / "tasks", "blind": task_step.folder / "tasks_blind"}
@@ -80,7 +81,7 @@ def run_seed(out: Path, settings: StudySettings, runner: Runner, *, ablation_tok
                                     lambda d, c=ckpt, b=base, st=stage: _eval(d, c.folder, task_dirs["blind"], b, s,
                                                                                stage1=st == "stage1"))
                 results[stage][BLIND] = blind.summary["run"]
-    return {"clip": clip.summary, "probe": probe.summary, "results": results}
+    return {"clip": clip.summary, "probe": probe.summary, "geometry": _gaps(report.folder), "results": results}
 
 
 # ----------------------------------------------------------------------------- step bodies
@@ -125,6 +126,14 @@ def _report(folder: Path, emb: Path, ops: Path) -> dict:
         argv += ["--operator", f"{slug(label)}={ops / method}"]
     revision(*argv)
     return {"report": "report.json"}
+
+
+def _gaps(report_folder: Path) -> dict:
+    """Held-out unpaired centroid gaps from the geometry report: raw text, the sampling floor
+    (two samples of one modality), and after ReAlign."""
+    operators = json.loads((report_folder / "report.json").read_text())["operators"]
+    return {"gap_raw": operators["raw"]["gap"], "gap_floor": operators["raw"]["gap_sampling_floor"],
+            "gap_realign": operators["realign"]["gap"]}
 
 
 def _tasks(folder: Path, files: data.WorldFiles, s: StudySettings) -> dict:
