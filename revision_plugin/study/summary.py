@@ -59,6 +59,8 @@ def study_table(out: Path, per_seed: list[dict]) -> tuple[str, dict]:
             rows = [scores(out / f"seed-{k}" / seed["results"][stage][label]) for k, seed in enumerate(per_seed)]
             lines.append(f"| {label} | " + " | ".join(_cell([r[c] for r in rows]) for c in (*COLUMNS, "Avg")) + " |")
             means[stage][label] = statistics.mean(r["Avg"] for r in rows)
+            means[f"{stage} std"] = {**means.get(f"{stage} std", {}),
+                                     label: statistics.stdev(r["Avg"] for r in rows) if len(rows) > 1 else 0.0}
             means[f"{stage} caption"] = {**means.get(f"{stage} caption", {}),
                                          label: statistics.mean(r["Caption"] for r in rows)}
         lines.append("")
@@ -90,6 +92,11 @@ def summary_text(means: dict, per_seed: list[dict]) -> str:
                      f"the best alignment is {best1} after stage 1 and {best2} after stage 2")
     else:
         agree.append(f"it agrees with the paper ({PAPER_ORDER}) in putting ReAlign first at both stages")
+    runner_up = max((k for k in aligned if k != best2), key=lambda k: s2[k])
+    lead, spread = s2[best2] - s2[runner_up], means["stage2 std"][best2]
+    if lead < spread:
+        agree.append(f"but {best2}'s lead over {runner_up} after stage 2 is {lead:.1f} points against a std over seeds "
+                     f"of {spread:.1f}: a tie, not a win")
     if s2.get("C3", 0) > s2["ReAlign"]:
         agree.append("C3 beats ReAlign")
     if s2["W/o Align"] >= s2["ReAlign"]:
