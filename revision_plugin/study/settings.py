@@ -137,12 +137,12 @@ def default_settings() -> StudySettings:
 
 
 def quick_settings() -> StudySettings:
-    """``--quick`` (the test suite, one seed, ~3 min): the default world, half the tiny models'
+    """``--quick`` (the test suite, one seed, ~3 min): the default world, fewer of the tiny models'
     training steps and a smaller evaluation - enough for the pipeline's sanity checks (the CLIP
     retrieves, w/ Image captions better than Blind), not for the table."""
     default = default_settings()
     return replace(default, world=replace(default.world, eval=30), clip=replace(default.clip, steps=200),
-                   llm=replace(default.llm, steps=500),
+                   llm=replace(default.llm, steps=400),
                    eval=EvalSettings(pope_per_split=6, mme_per_category=4, mcq=12, captions=30, probe_scenes=10))
 
 
