@@ -54,15 +54,13 @@ def study_table(out: Path, per_seed: list[dict]) -> tuple[str, dict]:
             else "after stage 2 (the same small real-image instruction set for every variant)"
         lines += [f"**{title}**", "", "| Method | " + " | ".join((*COLUMNS, "Avg")) + " |",
                   "|---|" + "---|" * (len(COLUMNS) + 1)]
-        means[stage] = {}
+        avg, std, caption = means[stage], means[f"{stage} std"], means[f"{stage} caption"] = {}, {}, {}
         for label in labels:
             rows = [scores(out / f"seed-{k}" / seed["results"][stage][label]) for k, seed in enumerate(per_seed)]
             lines.append(f"| {label} | " + " | ".join(_cell([r[c] for r in rows]) for c in (*COLUMNS, "Avg")) + " |")
-            means[stage][label] = statistics.mean(r["Avg"] for r in rows)
-            means[f"{stage} std"] = {**means.get(f"{stage} std", {}),
-                                     label: statistics.stdev(r["Avg"] for r in rows) if len(rows) > 1 else 0.0}
-            means[f"{stage} caption"] = {**means.get(f"{stage} caption", {}),
-                                         label: statistics.mean(r["Caption"] for r in rows)}
+            avg[label] = statistics.mean(r["Avg"] for r in rows)
+            std[label] = statistics.stdev(r["Avg"] for r in rows) if len(rows) > 1 else 0.0
+            caption[label] = statistics.mean(r["Caption"] for r in rows)
         lines.append("")
     n = len(per_seed)
     lines.append(f"Mean ± std over {n} seeds." if n > 1 else "One seed (run `revision demo --seeds N` for mean ± std).")
