@@ -18,7 +18,7 @@ from revision_plugin.align import ArraySource, NpySource, commands_align, fit_op
 from revision_plugin.align.commands_align import align_file
 from revision_plugin.align.stats import BadRows, accumulate
 from revision_plugin.cli import main
-from revision_plugin.errors import BadInputError
+from revision_plugin.errors import BadInputError, RevisionError
 from revision_plugin.runtime import resolve_device
 
 TOL = dict(rtol=0, atol=1e-10)
@@ -197,3 +197,19 @@ def test_cli_fit_and_align_on_cpu_device(tmp_path):
     expected = realign_reference(text.astype(np.float64), image.astype(np.float64))
     assert_close(np.load(tmp_path / "aligned.npy").astype(np.float64), expected, rtol=0, atol=1e-6)
     assert load_operator(tmp_path / "op").info.counts == {"text": 600, "image": 500}
+
+
+def test_align_file_refuses_an_output_that_cannot_fit_before_any_work(tmp_path, monkeypatch):
+    text, image = _float32_clouds()
+    operator = fit_operator("realign", text, image)
+    np.save(tmp_path / "text.npy", text)
+    real = commands_align.os.fstatvfs
+
+    def nearly_full(fd):
+        fs = real(fd)
+        return type("StatVfs", (), {"f_bavail": 1, "f_frsize": fs.f_frsize})()
+
+    monkeypatch.setattr(commands_align.os, "fstatvfs", nearly_full)
+    with pytest.raises(RevisionError, match=r"out\.npy: the output needs [0-9.,]+ MiB, only [0-9.,]+ MiB free there"):
+        align_file(operator, NpySource(tmp_path / "text.npy"), tmp_path / "out.npy", progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["text.npy"]

@@ -249,17 +249,25 @@ class Operator(torch.nn.Module):
     def map_rows(self, x: torch.Tensor, norm: torch.Tensor, image: bool = False,
                  out: torch.Tensor | None = None) -> torch.Tensor:
         """The ``revision align`` path: validated raw rows ``x`` ``[n, d]`` (finite, non-zero,
-        norms ``norm``) → aligned rows, on ``x``'s device; written into ``out`` when given.
+        norms ``norm``) → aligned rows, on ``x``'s device; written into ``out`` when given."""
+        return self.row_mapper(image)(x, norm, out)
+
+    def row_mapper(self, image: bool = False) -> Callable[..., torch.Tensor]:
+        """``map_rows`` for one side, with whatever it derives from the buffers computed once:
+        ``f(x, norm, out=None)``; a job mapping many blocks calls this once.
 
         Default: the float64 map of the unit rows (``transform``/``transform_target``);
         methods with a cheaper exact form override it (ReAlign: one float32 affine map).
         """
-        x = x.to(torch.float64)
-        u = x * torch.linalg.vector_norm(x, dim=1).reciprocal()[:, None]  # as the fit's blocks
-        result = (self.transform_target if image else self.transform)(u)
-        if out is None:
-            return result
-        return out.copy_(result)
+        side = self.transform_target if image else self.transform
+
+        def map_rows(x: torch.Tensor, norm: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+            x = x.to(torch.float64)
+            u = x * torch.linalg.vector_norm(x, dim=1).reciprocal()[:, None]  # as the fit's blocks
+            result = side(u)
+            return result if out is None else out.copy_(result)
+
+        return map_rows
 
     def buffer(self, name: str, like: torch.Tensor) -> torch.Tensor:
         return getattr(self, name).to(device=like.device, dtype=like.dtype)

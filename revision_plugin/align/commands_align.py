@@ -1,22 +1,20 @@
 """``revision align``: apply a fitted operator to an embedding file, chunk by chunk.
 
 Memory stays flat: rows are mapped block by block into reused buffers (on the CPU by a few
-worker threads, each block written at its own offset with ``pwrite``; on a GPU one large block
-at a time) into a temporary ``.npy`` (``revision_plugin.atomic``), allocated up front and renamed into place when complete,
-so an interrupted run leaves no partial output behind. ReAlign maps float32 rows in float32
-(one affine map, see ``ReAlign.map_rows``); the other methods keep their float64 map.
-Every input row gives exactly one output row, so bad rows stop the run (there is no
-``--skip-bad`` here); the error names the file and row.
-"""
+worker threads, each taking every n-th chunk and writing each block at its own offset with
+``pwrite``; on a GPU one large block at a time) into a temporary ``.npy``
+(``revision_plugin.atomic``) that is renamed into place when complete, so an interrupted run
+leaves no partial output behind. ReAlign maps float32 rows in float32 (one affine map, see
+``ReAlign.row_mapper``); the other methods keep their float64 map. Every input row gives
+exactly one output row, so bad rows stop the run (there is no ``--skip-bad`` here); the
+error names the file and row."""
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import errno
 import os
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +29,7 @@ from revision_plugin.align.passes import (
     bad_row_masks,
     default_threads,
     raise_or_skip,
+    run_workers,
     single_threaded_kernels,
     uses_staging,
 )
@@ -38,7 +37,7 @@ from revision_plugin.align.sources import DEFAULT_CHUNK_ROWS
 from revision_plugin.argtypes import positive_int
 from revision_plugin.atomic import atomic_file, shared_mode
 from revision_plugin.errors import RevisionError, check_writable
-from revision_plugin.runtime import resolve_device
+from revision_plugin.runtime import resolve_device, shard_bounds
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -64,12 +63,14 @@ def align_file(operator, source, out: Path, image: bool = False, chunk_rows: int
                progress: bool = True, device: str | torch.device | None = None, threads: int | None = None) -> int:
     """Write ``operator`` applied to every row of ``source`` to ``out`` (float32 .npy).
 
-    Rows go through ``operator.map_rows`` in blocks (float32 for ReAlign, float64 for the
-    others) on ``device`` (the operator's buffers are moved there). On the CPU the blocks of
-    each chunk are shared among ``threads`` workers (default: torch's thread count; one in
-    training mode, so a seeded noise stream stays in row order), each with its own reused
-    buffers; the output file is allocated up front and every block is written at its offset
-    with ``pwrite``, so nothing grows with N.
+    Rows go through ``operator.row_mapper`` in blocks (float32 for ReAlign, float64 for the
+    others) on ``device`` (the operator's buffers are moved there). The rows are cut into
+    chunks of ``chunk_rows`` and blocks within them by the row count alone, so the output does
+    not depend on the thread count. On the CPU ``threads`` workers (default: torch's thread
+    count; one in training mode, so a seeded noise stream stays in row order) take every
+    ``threads``-th chunk, each with its own reused buffers, and write every block at its
+    offset with ``pwrite``: no barrier between them, one computes while another writes, and
+    nothing grows with N.
     """
     device = resolve_device(device)
     operator = operator.to(device)
@@ -81,68 +82,76 @@ def align_file(operator, source, out: Path, image: bool = False, chunk_rows: int
     if uses_staging(device):  # an accelerator maps a whole (large) chunk at once
         chunk_rows = max(chunk_rows, DEVICE_CHUNK_ROWS)
     block_rows = chunk_rows if uses_staging(device) else APPLY_BLOCK_ROWS
-    written = 0
+    chunk_rows = max(chunk_rows, block_rows)  # each chunk is a shard of the source: not too many
     # A temp file next to ``out``, renamed into place only when every row is written.
     with atomic_file(out, fsync=False, mode=shared_mode(out)) as f:
         np.lib.format.write_array_header_1_0(f, header)
         f.flush()  # the blocks below go straight to the descriptor
-        data_offset = f.tell()
-        fd = f.fileno()
-        _preallocate(fd, data_offset + source.num_rows * source.dim * 4)
-        workers = [_Worker(operator, source, fd, data_offset, image, block_rows, device) for _ in range(threads)]
-        kernels = single_threaded_kernels() if device.type == "cpu" else contextlib.nullcontext()
-        with contextlib.ExitStack() as stack:
-            pool = stack.enter_context(ThreadPoolExecutor(threads)) if threads > 1 else None
-            stack.enter_context(kernels)
-            stack.enter_context(torch.no_grad())
-            bar = stack.enter_context(tqdm(total=source.num_rows, unit="row", unit_scale=True,
-                                      disable=not progress, desc="align"))
-            for first_row, chunk in source.chunks(chunk_rows):
-                blocks = [(chunk[lo : lo + block_rows], first_row + lo, written + lo)
-                          for lo in range(0, len(chunk), block_rows)]
-                if pool is None:
-                    workers[0].run(blocks)
-                else:
-                    futures = [pool.submit(w.run, blocks[k::threads]) for k, w in enumerate(workers)]
-                    failures = [future.result() for future in futures]
-                    failures = [fail for fail in failures if fail is not None]
-                    if failures:
-                        raise min(failures, key=lambda fail: fail[0])[1]
-                written += len(chunk)
-                bar.update(len(chunk))
-        if written != source.num_rows:
-            raise RevisionError(f"{source.name}: wrote {written} rows, expected {source.num_rows}")
-    return written
+        _check_space(f.fileno(), source.num_rows * source.dim * 4, out)
+        job = _AlignJob(operator.row_mapper(image), operator.method, source, f.fileno(), f.tell(),
+                        chunk_rows, block_rows, device)
+        with torch.no_grad(), tqdm(total=source.num_rows, unit="row", unit_scale=True,
+                                   disable=not progress, desc="align") as job.bar:
+            threads = min(threads, job.num_chunks)
+            if threads > 1:
+                written = run_workers(threads, lambda k: job.run(k, threads))
+            else:
+                with single_threaded_kernels() if device.type == "cpu" else contextlib.nullcontext():
+                    written = [job.run(0, 1)]
+        if job.failure is not None:
+            raise job.failure[1]
+        if sum(written) != source.num_rows:
+            raise RevisionError(f"{source.name}: wrote {sum(written)} rows, expected {source.num_rows}")
+    return source.num_rows
 
 
-class _Worker:
-    """Maps blocks with its own buffers and writes each at its row's offset."""
+class _AlignJob:
+    """One ``align_file`` run: chunk ``c`` is ``source.shard(c, num_chunks)``; a worker maps its
+    chunks' blocks with its own buffers and writes each at its row's offset. After a failure
+    no chunk past it is started, and the earliest failing chunk's error is the one raised."""
 
-    def __init__(self, operator, source, fd: int, data_offset: int, image: bool, block_rows: int, device) -> None:
-        self.operator, self.name, self.fd, self.image = operator, source.name, fd, image
+    def __init__(self, mapper, method: str, source, fd: int, data_offset: int, chunk_rows: int,
+                 block_rows: int, device) -> None:
+        self.mapper, self.method, self.source, self.fd = mapper, method, source, fd
         self.data_offset, self.row_bytes = data_offset, source.dim * 4
-        self.buffers = _Buffers(source.dim, block_rows, device)
+        self.block_rows, self.device = block_rows, device
+        self.num_chunks = max(1, -(-source.num_rows // chunk_rows))
+        self.failure: tuple[int, Exception] | None = None
+        self.bar = None
+        self._lock = threading.Lock()
 
-    def run(self, blocks) -> tuple[int, Exception] | None:
-        """Blocks ``(rows, first_row, out_row)`` in order; the first failure as ``(out_row, error)``
-        (raised directly when running in the caller's thread)."""
-        for rows, first_row, out_row in blocks:
+    def run(self, k: int, threads: int) -> int:
+        """Map and write chunks ``k, k + threads, …``; the number of rows written."""
+        buffers = _Buffers(self.source.dim, self.block_rows, self.device)
+        written = 0
+        for c in range(k, self.num_chunks, threads):
+            if self.failure is not None and self.failure[0] < c:
+                break
+            part = self.source if self.num_chunks == 1 else self.source.shard(c, self.num_chunks)
+            out_row = shard_bounds(self.source.num_rows, c, self.num_chunks)[0]
             try:
-                self.block(rows, first_row, out_row)
-            except Exception as err:  # handed to the caller, which raises the earliest
-                if threading.current_thread() is threading.main_thread():
-                    raise
-                return out_row, err
-        return None
+                for first_row, chunk in part.chunks(max(1, part.num_rows)):
+                    for lo in range(0, len(chunk), self.block_rows):
+                        self.block(buffers, chunk[lo : lo + self.block_rows], first_row + lo, out_row + lo)
+                    out_row += len(chunk)
+                    written += len(chunk)
+            except Exception as err:  # raised by align_file once every worker has stopped
+                with self._lock:
+                    if self.failure is None or c < self.failure[0]:
+                        self.failure = (c, err)
+                break
+            with self._lock:
+                self.bar.update(part.num_rows)
+        return written
 
-    def block(self, rows: np.ndarray, first_row: int, out_row: int) -> None:
-        x = self.buffers.load(rows)
-        aligned = _map_block(self.operator, self.name, first_row, x, self.image, self.buffers.out(len(x)))
-        host = self.buffers.to_host(aligned)
+    def block(self, buffers: _Buffers, rows: np.ndarray, first_row: int, out_row: int) -> None:
+        x = buffers.load(rows)
+        aligned = _map_block(self.mapper, self.source.name, first_row, x, buffers.out(len(x)))
+        host = buffers.to_host(aligned)
         if not _all_finite(aligned):
             row = out_row + int(np.flatnonzero(~np.isfinite(host).all(axis=1))[0])
             raise RevisionError(
-                f"{self.name}: the {self.operator.method} operator produced NaN/Inf for row {row}; no output written"
+                f"{self.source.name}: the {self.method} operator produced NaN/Inf for row {row}; no output written"
             )
         _pwrite_all(self.fd, host, self.data_offset + out_row * self.row_bytes)
 
@@ -180,7 +189,7 @@ class _Buffers:
         return host.numpy()
 
 
-def _map_block(operator, name: str, first_row: int, x: torch.Tensor, image: bool, out: torch.Tensor) -> torch.Tensor:
+def _map_block(mapper, name: str, first_row: int, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     """Validate the rows (float32 norms; float64 to tell overflow from NaN/Inf) and map them."""
     norm = torch.linalg.vector_norm(x, dim=1)
     if bad_row_masks(norm) is not None:
@@ -189,20 +198,20 @@ def _map_block(operator, name: str, first_row: int, x: torch.Tensor, image: bool
         masks = bad_row_masks(norm)
         if masks is not None:
             raise_or_skip(name, first_row, masks, None)
-    return operator.map_rows(x, norm, image, out=out if x.dtype == torch.float32 else None)
+    return mapper(x, norm, out if x.dtype == torch.float32 else None)
 
 
 def _all_finite(aligned: torch.Tensor) -> bool:
     return bool(torch.isfinite(aligned.sum()))
 
 
-def _preallocate(fd: int, size: int) -> None:
-    """Reserve the output's blocks up front: faster writes, and a full disk fails before any work."""
-    try:
-        os.posix_fallocate(fd, 0, size)
-    except OSError as err:
-        if err.errno not in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
-            raise
+def _check_space(fd: int, size: int, out: Path) -> None:
+    """Fail before any work when the output cannot fit. (Space is checked, not reserved with
+    ``posix_fallocate``: on tmpfs that zero-fills every page up front, a quarter of the run.)"""
+    fs = os.fstatvfs(fd)
+    free = fs.f_bavail * fs.f_frsize
+    if size > free:
+        raise RevisionError(f"{out}: the output needs {size / 2**20:,.1f} MiB, only {free / 2**20:,.1f} MiB free there")
 
 
 def _pwrite_all(fd: int, rows: np.ndarray, offset: int) -> None:

@@ -221,23 +221,17 @@ def reduce_pass(
                 step(acc, x, norm, inv_norm)
         return acc
 
-    shards = [source.shard(k, threads) for k in range(threads)]
     chunk_rows = max(1, chunk_rows // threads)  # rows mapped at once stay ``chunk_rows`` in all
-    reports = [None if skip_bad is None else type(skip_bad)() for _ in shards]
+    reports = [None if skip_bad is None else type(skip_bad)() for _ in range(threads)]
 
-    def work(k: int) -> A:
+    def work(k: int, shard: ChunkSource) -> A:
         acc = init()
-        for x, norm, inv_norm in normalized_blocks(shards[k], reports[k], chunk_rows, progress, device):
+        for x, norm, inv_norm in normalized_blocks(shard, reports[k], chunk_rows, progress, device):
             step(acc, x, norm, inv_norm)
         return acc
 
-    with single_threaded_kernels(), ThreadPoolExecutor(threads) as pool:
-        futures = [pool.submit(work, k) for k in range(threads)]
-        errors = [f.exception() for f in futures]
-    for err in errors:  # the lowest shard's error is the first bad row
-        if err is not None:
-            raise err
-    results = [f.result() for f in futures]
+    shards = [source.shard(k, threads) for k in range(threads)]
+    results = run_workers(threads, lambda k: work(k, shards[k]))
     for report in reports:
         if report is not None:
             skip_bad.merge(report)
@@ -245,3 +239,16 @@ def reduce_pass(
     for part in results[1:]:
         total = merge(total, part)
     return total
+
+
+def run_workers(threads: int, work: Callable[[int], A]) -> list[A]:
+    """``work(k)`` for ``k < threads`` on worker threads, torch's intra-op threads off
+    meanwhile; the results in order of ``k``, and the lowest ``k``'s error raised if any fail
+    (with contiguous shards in row order, that is the first bad row)."""
+    with single_threaded_kernels(), ThreadPoolExecutor(threads) as pool:
+        futures = [pool.submit(work, k) for k in range(threads)]
+        errors = [f.exception() for f in futures]
+    for err in errors:
+        if err is not None:
+            raise err
+    return [f.result() for f in futures]

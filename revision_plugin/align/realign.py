@@ -30,7 +30,7 @@ from revision_plugin.runtime import resolve_device
 # Each step costs one pass over the text; past a few the drift is round-off (sec. 4.3).
 MAX_CENTROID_ITERS = 64
 # Up to this many fixed vectors the apply map adds them one by one (measured faster than a GEMM).
-_RANK_ONE_UPDATES = 4
+RANK_ONE_UPDATES = 4
 
 
 @register_operator
@@ -83,32 +83,36 @@ class ReAlign(Operator):
 
     def map_rows(self, x: torch.Tensor, norm: torch.Tensor, image: bool = False,
                  out: torch.Tensor | None = None) -> torch.Tensor:
+        return self.row_mapper(image)(x, norm, out)
+
+    def row_mapper(self, image: bool = False):
         """Float32 rows: every output is ``α·u + Σ_j β_j·w_j`` (eqs. 22–24 unrolled, as in the
-        fit), so a block costs one thin matrix product for ``u·w_j``, float64 recurrences on
-        ``[n, J]`` scalars, and one fused ``α·x + β·W`` write: no per-step renormalisation."""
-        if image or x.dtype != torch.float32:
-            return super().map_rows(x, norm, image, out)
-        fixed64 = self.affine_vectors().to(x.device)
-        fixed = fixed64.to(torch.float32)
-        gram = fixed64 @ fixed64.T
-        inv_norm = norm.to(torch.float64).reciprocal()
-        u_dot_w = (fixed @ x.T).T.to(torch.float64) * inv_norm[:, None]  # [n, J]; faster than x @ fixed.T
-        alpha = torch.full_like(inv_norm, float(self.scale))
-        beta = torch.zeros_like(u_dot_w)
-        for j in range(fixed.shape[0]):  # ‖u‖ = 1 up to float32 rounding
-            beta[:, j] += 1.0
-            norm_sq = alpha.square() + 2 * alpha * (beta * u_dot_w).sum(1) + ((beta @ gram) * beta).sum(1)
-            inv = norm_sq.rsqrt()
-            alpha, beta = alpha * inv, beta * inv[:, None]
-        scaled = (alpha * inv_norm).to(torch.float32)
-        out = torch.empty_like(x) if out is None else out
-        torch.mul(x, scaled[:, None], out=out)
-        beta = beta.to(torch.float32)
-        if fixed.shape[0] > _RANK_ONE_UPDATES:
-            return out.addmm_(beta, fixed)
-        for j, w in enumerate(fixed):  # a k=1..4 GEMM is slower than as many fused multiply-adds
-            out.addcmul_(beta[:, j : j + 1], w[None])
-        return out
+        fit), so a block costs one thin matrix product for ``u·w_j``, a few float64 operations
+        on ``[n]`` vectors (``unit_weights``) and one ``α·x + β·W`` write: no per-step
+        renormalisation. The vectors and their Gram matrix are computed once, here."""
+        generic = super().row_mapper(image)
+        if image:
+            return generic
+        fixed64 = self.affine_vectors()
+        fixed, gram = fixed64.to(torch.float32), (fixed64 @ fixed64.T).tolist()
+        scale = float(self.scale)
+
+        def map_rows(x: torch.Tensor, norm: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+            if x.dtype != torch.float32:
+                return generic(x, norm, out)
+            w = fixed if fixed.device == x.device else fixed.to(x.device)
+            inv_norm = norm.to(torch.float64).reciprocal_()
+            dots = (w @ x.T).to(torch.float64).mul_(inv_norm)  # [J, n] u·w_j; faster than x @ w.T
+            alpha, betas = unit_weights(scale, list(dots), gram)  # ‖u‖ = 1 up to float32 rounding
+            out = torch.empty_like(x) if out is None else out
+            torch.mul(x, alpha.mul_(inv_norm).to(torch.float32)[:, None], out=out)
+            if len(betas) > RANK_ONE_UPDATES:
+                return out.addmm_(torch.stack(betas, 1).to(torch.float32), w)
+            for beta, w_j in zip(betas, w):  # a k=1..4 GEMM is slower than as many fused multiply-adds
+                out.addcmul_(beta.to(torch.float32)[:, None], w_j[None])
+            return out
+
+        return map_rows
 
     def transform(self, u: torch.Tensor) -> torch.Tensor:
         mu_x = self.buffer("mu_image", u)
@@ -118,28 +122,50 @@ class ReAlign(Operator):
         return y
 
 
+def unit_weights(scale: float, dots: list[torch.Tensor], gram: list[list[float]],
+                 u_sq: torch.Tensor | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """``α, [β_j]`` with ``y = α·u + Σ_j β_j·w_j`` for the chain ``y_0 = unit(s·u + w_0)``,
+    ``y_j = unit(y_{j-1} + w_j)`` (eqs. 22–24), from ``dots[j] = u·w_j`` (float64 ``[n]``),
+    the Gram matrix ``w_j·w_k`` and ``u_sq = ‖u‖²`` (``None``: 1).
+
+    Unnormalised, the chain is ``z_0 = s·u + w_0``, ``z_j = z_{j-1} + N_{j-1}·w_j`` with
+    ``N_j = ‖z_j‖`` and ``y_j = z_j / N_j``; so ``α = s / N``, ``β_0 = 1 / N``,
+    ``β_j = N_{j-1} / N`` (N the last norm), and each step updates ``N²`` from ``D_j = z_{j-1}·w_j``:
+    ``N_j² = N_{j-1}²·(1 + G_jj) + 2·N_{j-1}·D_j``. A handful of ``[n]`` operations per step.
+    """
+    steps = len(dots)
+    # D_k = z_0·w_k = s·(u·w_k) + G_0k
+    d = [dots[k] * scale + gram[0][k] for k in range(1, steps)]
+    norm_sq = dots[0] * (2 * scale) + gram[0][0]
+    norm_sq += scale * scale if u_sq is None else u_sq * (scale * scale)
+    norms = [norm_sq.sqrt_()]
+    for j in range(1, steps):
+        prev = norms[-1]
+        dj = d.pop(0)
+        norm_sq = prev.square() * (1 + gram[j][j]) + 2 * prev * dj
+        for k in range(len(d)):  # z_j·w_k gains N_{j-1}·G_jk
+            d[k] += prev * gram[j][j + 1 + k]
+        norms.append(norm_sq.sqrt_())
+    inv_last = norms[-1].reciprocal()
+    betas = [inv_last] + [n * inv_last for n in norms[:-1]]
+    return inv_last * scale, betas
+
+
 class _DriftSums:
     """Per-thread sums of one centroid pass: Σ α_i·inv_i·x_i, Σ β_i and the row count."""
 
     def __init__(self, scale: float, fixed: torch.Tensor) -> None:
-        self.scale, self.fixed, self.gram = scale, fixed, fixed @ fixed.T
+        self.scale, self.fixed, self.gram = scale, fixed, (fixed @ fixed.T).tolist()
         self.total = torch.zeros(fixed.shape[1], dtype=torch.float64, device=fixed.device)
         self.beta = torch.zeros(fixed.shape[0], dtype=torch.float64, device=fixed.device)
         self.count = 0
 
     def add(self, x: torch.Tensor, norm: torch.Tensor, inv_norm: torch.Tensor) -> None:
         # u·w_j, one matrix–vector product per w_j (a skinny GEMM is several times slower).
-        u_dot_w = torch.stack([torch.mv(x, w) for w in self.fixed], dim=1) * inv_norm[:, None]  # [n, J]
-        u_sq = (norm * inv_norm).square()
-        alpha = torch.full_like(inv_norm, self.scale)
-        beta = torch.zeros_like(u_dot_w)
-        for j in range(self.fixed.shape[0]):
-            beta[:, j] += 1.0
-            norm_sq = alpha.square() * u_sq + 2 * alpha * (beta * u_dot_w).sum(1) + ((beta @ self.gram) * beta).sum(1)
-            inv = norm_sq.rsqrt()
-            alpha, beta = alpha * inv, beta * inv[:, None]
-        self.total.addmv_(x.T, alpha * inv_norm)
-        self.beta += beta.sum(0)
+        dots = [torch.mv(x, w).mul_(inv_norm) for w in self.fixed]
+        alpha, betas = unit_weights(self.scale, dots, self.gram, (norm * inv_norm).square_())
+        self.total.addmv_(x.T, alpha.mul_(inv_norm))
+        self.beta += torch.stack([beta.sum() for beta in betas])
         self.count += x.shape[0]
 
     def merge(self, other: _DriftSums) -> _DriftSums:

@@ -3,9 +3,8 @@
 A *chunk source* is anything with ``name``, ``dim``, ``num_rows``, ``encoder_id``,
 ``chunks(chunk_rows)`` yielding ``(first_row, float array [n, dim])`` and
 ``shard(rank, world_size)``. Fitting iterates a source several times, so sources are
-re-iterable. ``.npy`` files are read with ``readinto`` into one reused buffer rather than
-memory-mapped: touched memmap pages count towards the process RSS, reused buffers do not
-grow it, so memory stays flat at any N.
+re-iterable. ``.npy`` files are memory-mapped (no copy out of the page cache) and each chunk's
+pages are released from the process once the consumer moves on, so RSS stays flat at any N.
 
 The feature store (``revision_plugin.store``) implements the same protocol.
 """
@@ -43,7 +42,7 @@ class ChunkSource(Protocol):
 
 @dataclass
 class NpySource:
-    """Rows ``[start, stop)`` of a 2-D float ``.npy`` file, read without memory-mapping."""
+    """Rows ``[start, stop)`` of a 2-D float ``.npy`` file, read chunk by chunk through a memory map."""
 
     path: Path
     start: int = 0
@@ -102,9 +101,9 @@ class NpySource:
         rows = np.frombuffer(mapped, self._dtype, count=self.stop * self.dim, offset=self._data_offset)
         rows = rows.reshape(self.stop, self.dim)
         for row in range(self.start, self.stop, chunk_rows):
-            yield row, rows[row : row + chunk_rows]
             begin = self._data_offset + row * row_bytes
             end = self._data_offset + min(row + chunk_rows, self.stop) * row_bytes
+            yield row, rows[row : row + chunk_rows]
             mapped.madvise(mmap.MADV_DONTNEED, begin - begin % page, end - (begin - begin % page))
         # The map closes when the last view into it (possibly held by the caller) is released.
 
