@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 from revision_plugin.errors import BadInputError
@@ -27,6 +28,20 @@ def parse_bool(value: Any, what: str, empty: bool | None = None) -> bool:
     if lowered in FALSE_WORDS:
         return False
     raise BadInputError(f"{what}: expected true/false, got {value!r}")
+
+
+def read_json_object(path: Path, error: Callable[[str], Exception] = BadInputError) -> dict:
+    """A UTF-8 JSON file holding an object; anything else is a one-line ``BadInputError``
+    (``error`` for a valid file that holds something other than an object)."""
+    try:
+        raw = json.loads(Path(path).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise BadInputError(f"{path}: invalid JSON ({err})") from err
+    except UnicodeDecodeError as err:
+        raise BadInputError(f"{path}: not a UTF-8 JSON file ({err.reason})") from err
+    if not isinstance(raw, dict):
+        raise error(f"{path}: expected a JSON object, got {type(raw).__name__}")
+    return raw
 
 
 def json_or_text(value: str) -> Any:

@@ -534,3 +534,17 @@ def test_llava_data_writes_both_outputs_and_replaces_only_with_overwrite(tmp_pat
     assert (tmp_path / "caps.jsonl").read_text() == '{"id": "r1", "text": "a cat"}\n'
     assert main(argv) == 2 and "exists (pass --overwrite" in capsys.readouterr().err
     assert main([*argv, "--overwrite"]) == 0
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    (b"{\"encoder\": ", "invalid JSON"),
+    (b"\xff\xfe{", "not a UTF-8 JSON file"),
+    (b"[1, 2]", "expected a JSON object, got list"),
+])
+def test_a_damaged_tower_config_is_a_one_line_error(tmp_path, content, message):
+    from revision_plugin.errors import BadInputError
+    from revision_plugin.tower import parse_tower_spec
+
+    (tmp_path / "revision_tower.json").write_bytes(content)
+    with pytest.raises(BadInputError, match=message):
+        parse_tower_spec(str(tmp_path))

@@ -6,7 +6,6 @@ Saving is ``Operator.save`` (base); the file names are the constants in ``base``
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from safetensors import SafetensorError
@@ -20,7 +19,8 @@ from revision_plugin.align.base import (
     OperatorInfo,
     get_operator_class,
 )
-from revision_plugin.errors import ArtifactMismatchError, BadInputError, RevisionError
+from revision_plugin.errors import ArtifactMismatchError, RevisionError
+from revision_plugin.parsing import read_json_object
 
 
 def read_operator_info(directory: str | Path) -> OperatorInfo:
@@ -29,14 +29,7 @@ def read_operator_info(directory: str | Path) -> OperatorInfo:
     config_path = directory / OPERATOR_CONFIG_NAME
     if not config_path.is_file():
         raise FileNotFoundError(f"{directory}: not an operator directory ({config_path.name} missing)")
-    try:
-        raw = json.loads(config_path.read_text())
-    except json.JSONDecodeError as err:
-        raise BadInputError(f"{config_path}: invalid JSON ({err})") from err
-    except UnicodeDecodeError as err:
-        raise BadInputError(f"{config_path}: not a UTF-8 JSON file ({err.reason})") from err
-    if not isinstance(raw, dict):
-        raise ArtifactMismatchError(f"{config_path}: expected a JSON object, got {type(raw).__name__}")
+    raw = read_json_object(config_path, ArtifactMismatchError)
     if "method" not in raw:
         raise ArtifactMismatchError(f"{config_path}: no 'method' field")
     info = _info_from_json(raw, config_path)

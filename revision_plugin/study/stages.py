@@ -76,6 +76,14 @@ def run_llava(args: list[str]) -> dict:
     (output_dir / "train_stdout.txt").write_text(buffer.getvalue())
     if "tokenization mismatch" in buffer.getvalue():
         raise RevisionError(f"{output_dir}: LLaVA reported a tokenization mismatch (see train_stdout.txt)")
+    return loss_summary(output_dir)
+
+
+def loss_summary(output_dir: Path) -> dict:
+    """Steps and first/last logged loss from the Trainer's ``trainer_state.json``; a run whose
+    every logged loss is 0 trained on nothing (all labels truncated away) and stops the study."""
+    from revision_plugin.errors import RevisionError
+
     state = output_dir / "trainer_state.json"
     history = json.loads(state.read_text())["log_history"] if state.is_file() else []
     losses = [h["loss"] for h in history if "loss" in h]

@@ -11,12 +11,11 @@ Three forms::
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from revision_plugin.errors import BadInputError
-from revision_plugin.parsing import assignments, json_or_text, parse_bool
+from revision_plugin.parsing import assignments, json_or_text, parse_bool, read_json_object
 from revision_plugin.tower.config import SPEC_PREFIX, TOWER_CONFIG_NAME, TowerConfig
 
 # Short spec keys -> TowerConfig fields.
@@ -85,10 +84,5 @@ def _config_file(spec: str, text: str, base: Path) -> TowerConfig:
         path = path / TOWER_CONFIG_NAME
     if not path.is_file():
         raise FileNotFoundError(f"revision tower spec {spec!r}: {path} not found")
-    try:
-        raw = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise BadInputError(f"{path}: invalid JSON ({err})") from err
-    if not isinstance(raw, dict):
-        raise BadInputError(f"{path}: expected a JSON object")
+    raw = read_json_object(path)
     return TowerConfig.from_dict(raw, base_dir=path.parent, source=str(path))
