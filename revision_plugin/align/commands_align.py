@@ -161,10 +161,12 @@ class _Buffers:
 
     def __init__(self, dim: int, rows: int, device: torch.device) -> None:
         self.device, self.on_cpu = device, not uses_staging(device)
-        self.input = torch.empty(rows, dim, dtype=torch.float32, device=device)
         self.output = torch.empty(rows, dim, dtype=torch.float32, device=device)
-        pin = device.type == "cuda"
-        self.host = self.output if self.on_cpu else torch.empty(rows, dim, dtype=torch.float32, pin_memory=pin)
+        if self.on_cpu:  # rows are read in place and written from ``output``
+            self.input, self.host = None, self.output
+        else:
+            self.input = torch.empty(rows, dim, dtype=torch.float32, device=device)
+            self.host = torch.empty(rows, dim, dtype=torch.float32, pin_memory=device.type == "cuda")
 
     def load(self, rows: np.ndarray) -> torch.Tensor:
         """float32 rows as a float32 tensor on the device (a view on the CPU); float64 rows stay
