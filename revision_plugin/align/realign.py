@@ -81,10 +81,6 @@ class ReAlign(Operator):
         first = self.mu_image - self.scale * self.mu_text
         return torch.cat([first[None], self.mu_image[None] - self.drifts])
 
-    def map_rows(self, x: torch.Tensor, norm: torch.Tensor, image: bool = False,
-                 out: torch.Tensor | None = None) -> torch.Tensor:
-        return self.row_mapper(image)(x, norm, out)
-
     def row_mapper(self, image: bool = False):
         """Float32 rows: every output is ``α·u + Σ_j β_j·w_j`` (eqs. 22–24 unrolled, as in the
         fit), so a block costs one thin matrix product for ``u·w_j``, a few float64 operations
