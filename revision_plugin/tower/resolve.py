@@ -3,7 +3,7 @@
 
 Only the metadata files are read (``operator.json``, the store's ``manifest.json``) through
 the readers of the packages that write them (``align.artifact.read_operator_info``,
-``store.reader.read_manifest``), never weights or vectors.
+``store.manifest.read_manifest``), never weights or vectors.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ def resolve_tower_config(config: TowerConfig) -> TowerConfig:
     from revision_plugin.align.artifact import read_operator_info  # (lazy: align registers every method)
     from revision_plugin.align.base import OPERATOR_CONFIG_NAME
     from revision_plugin.store.layout import MANIFEST
-    from revision_plugin.store.reader import read_manifest
+    from revision_plugin.store.manifest import read_manifest
 
     sources: list[tuple[str, str | None, int | None]] = []
     if config.operator:
