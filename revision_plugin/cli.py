@@ -25,7 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "compare": ("revision_plugin.compare", "paper-style comparison table (md/csv/png) from lmms-eval result folders"),
     "eval": ("revision_plugin.lmms.runner", "run the lmms-eval suite task by task (resumable, fails loudly); `eval prefetch` for offline use"),
     "report": ("revision_plugin.geometry.commands_report", "geometry report (gap, spectrum, JS, kNN, frame) of embeddings and operators on held-out data"),
-    "demo": ("revision_plugin.study.commands", "the main job: miniature ReVision study, pixels to table (--geometry-only: old)"),
+    "demo": ("revision_plugin.study.commands", "the main job: a miniature ReVision study on a laptop, pixels to comparison table"),
     "patch-host": ("revision_plugin.hosts.commands_patch", "apply the LLaVA 1.2.2 compatibility patches to the installed llava (idempotent)"),
     "llava-data": ("revision_plugin.hosts.llava.commands_data", "LLaVA caption json -> stage-1 text_id records + captions to embed"),
     "store": ("revision_plugin.store.commands", "feature-store maintenance: `store verify DIR` checks every shard, row and id"),
@@ -45,13 +45,17 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         sub_parser = sub.add_parser(name, help=help_text, description=help_text)
         if name == command:
             importlib.import_module(module).add_arguments(sub_parser)
+    parser.command_parsers = sub.choices  # so an unknown flag is reported by its command's parser
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = next((a for a in argv if a in COMMANDS), None)
-    args = build_parser(command).parse_args(argv)
+    parser = build_parser(command)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # "revision align: error: unrecognized arguments: …", with align's usage line
+        parser.command_parsers[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",

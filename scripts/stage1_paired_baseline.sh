@@ -6,4 +6,7 @@
 #   scripts/stage1_paired_baseline.sh --operator runs/realign --data data/pairs.json \
 #       --image-folder data/images --output-dir checkpoints/revision-stage1-paired
 set -euo pipefail
+if [[ " $* " == *" -h "* || " $* " == *" --help "* ]]; then
+    echo "stage1_paired_baseline.sh = stage1_pretrain.sh --mode paired; it takes the same options:"
+fi
 exec "$(dirname "${BASH_SOURCE[0]}")/stage1_pretrain.sh" --mode paired "$@"

@@ -105,6 +105,9 @@ def test_encoder_mismatch_between_inputs():
         fit_operator("realign", _tagged(text, "enc-A"), _tagged(image, "enc-B"))
     operator = fit_operator("realign", _tagged(text, "enc-A"), _tagged(image, "enc-A"))
     assert operator.info.encoder_id == "enc-A"
+    with pytest.raises(ArtifactMismatchError, match="--encoder-id 'enc-B' is not the inputs' encoder"):
+        fit_operator("realign", _tagged(text, "enc-A"), _tagged(image, "enc-A"), encoder_id="enc-B")
+    assert fit_operator("realign", text, image, encoder_id="enc-B").info.encoder_id == "enc-B"  # untagged inputs
 
 
 def _tagged(array, encoder_id):

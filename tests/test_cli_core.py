@@ -66,13 +66,44 @@ def test_refuses_to_overwrite_and_reports_errors(tmp_path, npy_pair, capsys):
     np.save(tmp_path / "bad.npy", bad)
     assert main(["align", "--operator", str(tmp_path / "op"), "--in", str(tmp_path / "bad.npy"),
                  "--out", str(tmp_path / "o.npy"), "--no-progress"]) == 2
-    assert "bad.npy: row 42 has NaN or Inf values" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "bad.npy: row 42 has NaN or Inf values; fix or remove that row first" in err
+    assert "--skip-bad" not in err  # align has no such flag, so it must not suggest one
     assert not (tmp_path / "o.npy").exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
     np.save(tmp_path / "wide.npy", np.ones((3, 16), dtype=np.float32))
     assert main(["align", "--operator", str(tmp_path / "op"), "--in", str(tmp_path / "wide.npy"),
                  "--out", str(tmp_path / "o.npy")]) == 2
-    assert "fitted for dim 12, caller expects 16" in capsys.readouterr().err
+    assert "wide.npy: " in (err := capsys.readouterr().err) and "fitted for 12-dim embeddings, these are 16-dim" in err
+
+
+@pytest.mark.parametrize("out, message", [
+    ("outdir/", "give a path ending in .npy"),
+    ("aligned.txt", "give a path ending in .npy"),
+    ("existing_dir.npy", "is a directory; give a file path"),
+])
+def test_align_refuses_an_output_that_is_not_an_npy_file(tmp_path, npy_pair, capsys, out, message):
+    text, image = npy_pair
+    assert main(["fit", "--method", "identity", "--text", str(text), "--image", str(image), "--out", str(tmp_path / "op"),
+                 "--no-progress"]) == 0
+    (tmp_path / "existing_dir.npy").mkdir()
+    before = sorted(p.name for p in tmp_path.iterdir())
+    for extra in ([], ["--overwrite"]):  # the same answer with --overwrite: nothing is replaced
+        assert main(["align", "--operator", str(tmp_path / "op"), "--in", str(text), "--out", str(tmp_path / out),
+                     "--no-progress", *extra]) == 2
+        assert message in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_align_refuses_an_empty_input(tmp_path, npy_pair, capsys):
+    text, image = npy_pair
+    assert main(["fit", "--method", "identity", "--text", str(text), "--image", str(image), "--out", str(tmp_path / "op"),
+                 "--no-progress"]) == 0
+    np.save(tmp_path / "empty.npy", np.zeros((0, 12), dtype=np.float32))
+    assert main(["align", "--operator", str(tmp_path / "op"), "--in", str(tmp_path / "empty.npy"),
+                 "--out", str(tmp_path / "o.npy")]) == 2
+    assert "empty.npy: no rows to align" in capsys.readouterr().err
+    assert not (tmp_path / "o.npy").exists()
 
 
 def test_unknown_option_key_value_syntax(npy_pair, tmp_path, capsys):
@@ -95,3 +126,10 @@ def test_console_script_help():
     result = subprocess.run([sys.executable, "-m", "revision_plugin.cli", "fit", "--help"], capture_output=True, text=True)
     assert result.returncode == 0
     assert "realign: centroid_iters=1" in result.stdout and "torchrun" in result.stdout
+
+
+def test_an_unknown_flag_is_reported_by_its_command(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["align", "--operator", "op", "--in", "x.npy", "--out", "y.npy", "--skip-bad"])
+    assert exit_info.value.code == 2
+    assert "revision align: error: unrecognized arguments: --skip-bad" in capsys.readouterr().err

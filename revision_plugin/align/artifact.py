@@ -52,7 +52,9 @@ def load_operator(
     info = read_operator_info(directory)
     cls = get_operator_class(info.method)
     if expected_dim is not None and info.dim != expected_dim:
-        raise ArtifactMismatchError(f"{directory}: operator was fitted for dim {info.dim}, caller expects {expected_dim}")
+        raise ArtifactMismatchError(
+            f"{directory}: operator was fitted for {info.dim}-dim embeddings, these are {expected_dim}-dim"
+        )
     if encoder_id is not None and info.encoder_id is not None and info.encoder_id != encoder_id:
         raise ArtifactMismatchError(
             f"{directory}: operator was fitted for encoder {info.encoder_id!r}, not {encoder_id!r}"

@@ -36,7 +36,7 @@ from revision_plugin.align.passes import (
 from revision_plugin.align.sources import DEFAULT_CHUNK_ROWS
 from revision_plugin.argtypes import positive_int
 from revision_plugin.atomic import atomic_file, shared_mode
-from revision_plugin.errors import RevisionError, check_writable
+from revision_plugin.errors import ArtifactMismatchError, BadInputError, RevisionError, check_writable
 from revision_plugin.runtime import resolve_device, shard_bounds
 
 
@@ -54,6 +54,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
+
+# align writes one output row per input row, so it has no --skip-bad to suggest.
+NO_SKIP_HINT = "fix or remove that row first: revision align maps every row, in order"
 
 # Rows per block on the CPU: 1024×1280 float32 in and out (10 MB) stay in L3.
 APPLY_BLOCK_ROWS = 1024
@@ -199,7 +202,7 @@ def _map_block(mapper, name: str, first_row: int, x: torch.Tensor, out: torch.Te
         norm = torch.linalg.vector_norm(x, dim=1)
         masks = bad_row_masks(norm)
         if masks is not None:
-            raise_or_skip(name, first_row, masks, None)
+            raise_or_skip(name, first_row, masks, None, hint=NO_SKIP_HINT)
     return mapper(x, norm, out if x.dtype == torch.float32 else None)
 
 
@@ -225,13 +228,20 @@ def _pwrite_all(fd: int, rows: np.ndarray, offset: int) -> None:
 
 def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)  # before anything is read or written
+    if args.out.suffix != ".npy":  # also catches `--out dir/`, which Path reads as `dir`
+        raise RevisionError(f"--out {args.out}: the output is one .npy file; give a path ending in .npy")
+    check_writable(args.out)
     if args.out.exists() and not args.overwrite:
         raise RevisionError(f"{args.out} exists; pass --overwrite to replace it")
-    check_writable(args.out)
     if Path(args.inputs).exists() and os.path.realpath(args.inputs) == os.path.realpath(args.out):
         raise RevisionError(f"--out {args.out} is the --in file; write to another path")
     source = open_source(args.inputs)
-    operator = load_operator(args.operator, expected_dim=source.dim, encoder_id=source.encoder_id)
+    if source.num_rows == 0:
+        raise BadInputError(f"{source.name}: no rows to align")
+    try:
+        operator = load_operator(args.operator, expected_dim=source.dim, encoder_id=source.encoder_id)
+    except ArtifactMismatchError as err:  # name the input too: either side may be the wrong one
+        raise ArtifactMismatchError(f"--in {source.name}: {err}") from err
     with train_mode(operator, args.train_mode):
         rows = align_file(operator, source, args.out, args.image, args.chunk_rows, not args.no_progress, device)
     print(f"aligned {rows} rows with {operator.method} -> {args.out}")

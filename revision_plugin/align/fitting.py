@@ -127,9 +127,9 @@ def fit_operator(
 
 def _resolve_encoder_id(given: str | None, *sources: ChunkSource) -> str | None:
     ids = {s.encoder_id for s in sources if s.encoder_id is not None}
-    if given is not None:
-        ids.add(given)
+    described = ", ".join(f"{s.name}: {s.encoder_id!r}" for s in sources)
     if len(ids) > 1:
-        described = ", ".join(f"{s.name}: {s.encoder_id!r}" for s in sources)
-        raise ArtifactMismatchError(f"inputs come from different encoders ({described}; requested {given!r})")
-    return ids.pop() if ids else None
+        raise ArtifactMismatchError(f"inputs come from different encoders ({described})")
+    if given is not None and ids and given not in ids:
+        raise ArtifactMismatchError(f"--encoder-id {given!r} is not the inputs' encoder ({described})")
+    return given if given is not None else (ids.pop() if ids else None)

@@ -65,14 +65,17 @@ def bad_row_masks(norm: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | Non
     return ~torch.isfinite(norm), norm <= ZERO_NORM
 
 
-def raise_or_skip(name: str, first_row: int, masks, skip_bad) -> torch.Tensor:
+SKIP_BAD_HINT = "fix the data or pass --skip-bad"
+
+
+def raise_or_skip(name: str, first_row: int, masks, skip_bad, hint: str = SKIP_BAD_HINT) -> torch.Tensor:
     """Raise the first bad row's error (``skip_bad`` None) or record them; the keep mask."""
     bad_nonfinite, bad_zero = masks
     nonfinite = (torch.nonzero(bad_nonfinite).flatten().cpu() + first_row).numpy()
     zero = (torch.nonzero(bad_zero).flatten().cpu() + first_row).numpy()
     if skip_bad is None:
         row, reason = (nonfinite[0], "NaN or Inf values") if len(nonfinite) else (zero[0], "zero norm")
-        raise BadInputError(f"{name}: row {row} has {reason}; fix the data or pass --skip-bad")
+        raise BadInputError(f"{name}: row {row} has {reason}; {hint}")
     skip_bad.add(name, nonfinite, "NaN or Inf values")
     skip_bad.add(name, zero, "zero norm")
     return ~(bad_nonfinite | bad_zero)

@@ -45,7 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--id-key", default="id", help="id field/column (default: id)")
     parser.add_argument("--text-key", default="text", help="text field/column (default: text)")
     parser.add_argument("--image-key", default="image", help="image path field/column (default: image)")
-    parser.add_argument("--batch-size", type=positive_int, default=64)
+    parser.add_argument("--batch-size", type=positive_int, default=64, help="texts or images encoded per forward (default 64)")
     parser.add_argument("--shard-rows", type=positive_int, default=65536, help="rows per store shard (commit granularity)")
     parser.add_argument("--max-length", type=positive_int, default=512, help="llm2clip: max text tokens (LLM2Vec default 512)")
     parser.add_argument(
@@ -76,8 +76,6 @@ def run(args: argparse.Namespace) -> int:
     from revision_plugin.errors import check_writable
 
     check_writable(args.out, directory=True)
-    if args.batch_size <= 0 or args.shard_rows <= 0:
-        raise RevisionError("--batch-size and --shard-rows must be positive")
     if args.update and runtime.launched_world_size() > 1:
         raise RevisionError("--update re-embeds changed rows in one process; run it without torchrun")
     # Read and check every input before loading a multi-GB model.

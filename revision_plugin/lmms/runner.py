@@ -23,6 +23,7 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
+from revision_plugin.argtypes import positive_int
 from revision_plugin.compare.runs import load_run
 from revision_plugin.compare.suite import SUITES, judge_of, suite_tasks
 from revision_plugin.errors import RevisionError
@@ -207,7 +208,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tasks", default=None, help="comma-separated task names instead of --suite")
     parser.add_argument("--mmmu", choices=("standard", "single"), default="standard",
                         help="MMMU/MMMU-Pro variant of the full suite (see eval/README.md)")
-    parser.add_argument("--batch-size", type=int, default=1)
+    parser.add_argument("--batch-size", type=positive_int, default=1,
+                        help="prompts generated together per device, left-padded (default 1)")
     parser.add_argument("--model-args", default="", help="more revision_llava model args, k=v,... (dtype, device, ...)")
     parser.add_argument("--include-path", action="append", type=Path, default=None,
                         help="task folder(s) (default: the checkout's eval/tasks)")
