@@ -22,7 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "fit": ("revision_plugin.align.commands_fit", "fit an alignment operator on unpaired text/image embeddings"),
     "align": ("revision_plugin.align.commands_align", "apply a fitted operator to an embedding file, chunk by chunk"),
     "embed": ("revision_plugin.encoders.commands_embed", "embed texts/images into resumable feature stores (hf_clip, llm2clip)"),
-    "compare": ("revision_plugin.compare", "paper-style comparison table (md/csv/png) from lmms-eval result folders"),
+    "compare": ("revision_plugin.compare", "paper-style comparison table (md/csv/json/png) from lmms-eval result folders"),
     "eval": ("revision_plugin.lmms.runner", "run the lmms-eval suite task by task (resumable, fails loudly); `eval prefetch` for offline use"),
     "report": ("revision_plugin.geometry.commands_report", "geometry report (gap, spectrum, JS, kNN, frame) of embeddings and operators on held-out data"),
     "demo": ("revision_plugin.study.commands", "the main job: a miniature ReVision study on a laptop, pixels to comparison table"),

@@ -400,3 +400,80 @@ def test_present_but_unusable_metrics_are_errors_absent_ones_are_not_evaluated(t
         with pytest.raises(BadInputError, match=r"_results\.json: results\['visulogic'\]\['visulogic_acc,none'\]") as err:
             compare([load_run(folder)])
         assert message in str(err.value)
+
+
+# ------------------------------------------------------------------ --out and provenance
+
+def test_bad_out_is_refused_before_any_run_is_read_or_printed(tmp_path, capsys):
+    write_results(tmp_path / "ok", {"mmstar": {"average,none": 0.5}})
+    (tmp_path / "existing.md").mkdir()
+    (tmp_path / "a_file").write_text("")
+    for out, message in (("tab.xlsx", "unknown format '.xlsx'"), ("table", "unknown format '(no suffix)'"),
+                         ("existing.md", "is a directory"), ("a_file/t.md", "is a file, not a directory")):
+        # the second RUN does not exist: the --out error comes first, so no run was read
+        assert main(["compare", str(tmp_path / "ok"), str(tmp_path / "missing"), "--out", str(tmp_path / out)]) == 2
+        captured = capsys.readouterr()
+        assert captured.out == "" and message in captured.err, (out, captured.err)
+    assert main(["compare", str(tmp_path / "ok"), "--decimals", "-1"]) == 2
+
+
+def _with_provenance(file: Path, tower: dict | None, notes: list[str], task: str) -> None:
+    """Add the provenance block `revision eval` writes (one checkpoint, one tower) to ``file``."""
+    payload = json.loads(file.read_text())
+    payload["revision"] = {"versions": {"lmms_eval": "0.7.3"}, "tower": tower, "notes": notes,
+                           "checkpoint": {"path": "/ckpt/stage1", "fingerprint": "f00d"},
+                           "conv_template": {"used": "llama_3", "checkpoint": "plain", "requested": "llama_3"},
+                           "tasks": {task: {"judge": "none", "empty_answers": 0}}}
+    file.write_text(json.dumps(payload))
+
+
+def _provenance_run(folder: Path, tower: dict | None, notes: dict[str, list[str]]) -> Path:
+    for j, (task, task_notes) in enumerate(notes.items()):
+        file = write_results(folder, {task: {"average,none": 0.5}}, date=f"20260101_12{j:02d}00")
+        _with_provenance(file, tower, task_notes, task)
+    return folder
+
+
+OVERRIDE = "conv_template=llama_3 overrides the template the checkpoint was trained with (plain)"
+TOWER = {"alignment_method": "realign", "operator": "revision_tower/operator", "encoder_id": "hf_clip:clip",
+         "num_tokens": 1}
+
+
+def test_a_warning_every_task_recorded_is_shown_once_per_run(tmp_path):
+    run = _provenance_run(tmp_path / "realign", TOWER, {
+        "mme": [OVERRIDE], "mmstar": [OVERRIDE, "mmstar: 3 empty answers"], "revision_pope": [OVERRIDE]})
+    table = compare([load_run(run)])
+    md = table.to_markdown()
+    assert md.count(OVERRIDE) == 1
+    lines = md.splitlines()
+    checkpoint = next(i for i, line in enumerate(lines) if "checkpoint `/ckpt/stage1`" in line)
+    assert "tower realign (encoder hf_clip:clip, num_tokens 1)" in lines[checkpoint]
+    assert lines[checkpoint + 1] == f"    - WARNING (all 3 tasks) {OVERRIDE}"
+    # a warning only some tasks recorded stays under each of them
+    mmstar = lines.index("  - `mmstar`: judge none, empty answers 0")
+    assert lines[mmstar + 1] == "    - WARNING mmstar: 3 empty answers"
+    assert md.count("mmstar: 3 empty answers") == 1
+    # json: the same grouping, and each task's own record stays complete
+    row = table.to_json()["rows"][0]
+    assert row["provenance_warnings"] == {"all_tasks": [OVERRIDE], "by_task": {"mmstar": ["mmstar: 3 empty answers"]}}
+    assert row["provenance"]["mme"]["notes"] == [OVERRIDE]
+    assert row["provenance"]["mmstar"]["notes"] == [OVERRIDE, "mmstar: 3 empty answers"]
+
+
+def test_a_warning_some_tasks_miss_is_kept_under_each_task_that_has_it(tmp_path):
+    run = _provenance_run(tmp_path / "c3", TOWER, {"mme": [OVERRIDE], "mmstar": [], "revision_pope": [OVERRIDE]})
+    md = compare([load_run(run)]).to_markdown()
+    assert "(all 3 tasks)" not in md and md.count(f"    - WARNING {OVERRIDE}") == 2
+    lines = md.splitlines()
+    for task in ("mme", "revision_pope"):
+        assert lines[lines.index(f"  - `{task}`: judge none, empty answers 0") + 1] == f"    - WARNING {OVERRIDE}"
+
+
+def test_tower_line_says_what_fed_the_visual_tokens(tmp_path):
+    no_operator = {**TOWER, "alignment_method": None, "operator": None}  # the paired "w/ Image" baseline
+    runs = [load_run(_provenance_run(tmp_path / name, tower, {"mmstar": []}))
+            for name, tower in (("w_image", no_operator), ("stock_llava", None))]
+    md = compare(runs).to_markdown()
+    assert "tower None" not in md
+    assert "revision tower without an alignment operator, raw encoder embeddings (encoder hf_clip:clip, num_tokens 1)" in md
+    assert "host's own vision tower (no revision tower)" in md

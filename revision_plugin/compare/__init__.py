@@ -10,7 +10,8 @@ out as Tables 1–4:
 
 Modules: :mod:`.runs` (result files, provenance, one checkpoint per run), :mod:`.suite`
 (task names), :mod:`.benchmarks` (metric → accuracy, details), :mod:`.cost` (app. H.4),
-:mod:`.table` (rows, rendering), :mod:`.commands` (the CLI, ``--pending``).
+:mod:`.provenance` (a run's provenance and warnings, grouped), :mod:`.table` (rows,
+rendering), :mod:`.commands` (the CLI, ``--pending``).
 """
 
 from revision_plugin.compare.benchmarks import (

@@ -15,7 +15,7 @@ from revision_plugin.compare.cost import (
 )
 from revision_plugin.compare.runs import Run, load_run, unique_labels
 from revision_plugin.compare.suite import MMMU_VARIANTS
-from revision_plugin.compare.table import compare
+from revision_plugin.compare.table import check_out_path, compare
 from revision_plugin.errors import BadInputError, RevisionError
 
 
@@ -76,41 +76,75 @@ def pending_entries(config: str | Path, output_path: str | Path | None = None) -
     return done, pending
 
 
+DESCRIPTION = """\
+The paper's comparison table (Tables 1-4: 11 benchmarks as accuracy %, Avg, optional Cost)
+from lmms-eval result folders, one RUN per method. Prints the table as markdown, with
+details and provenance below it; --out also writes it as .md, .csv, .json or .png."""
+
+EPILOG = """\
+examples:
+  revision compare eval_out/realign eval_out/c3 --label ReAlign --label C3 --out table.md --out table.json
+  revision compare eval_out/revision eval_out/w_image --label ReVision --label 'w/ Image' \\
+      --tokens ReVision=11.64M,16.15M --tokens 'w/ Image=251.64M,16.15M' --cost-baseline 'w/ Image'
+  revision compare --pending eval/runs/full.yaml --write-config rest.yaml
+
+A benchmark a run did not evaluate is shown as "–" (never 0); the Avg of such a run is the
+mean over the benchmarks it has, with the count, e.g. "47.20 (9/11)". Exit status 2 on bad
+input (unreadable results, a folder mixing checkpoints, --require-all gaps)."""
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = DESCRIPTION
+    parser.epilog = EPILOG
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter  # keep the examples' lines
     parser.add_argument("runs", nargs="*", type=Path, metavar="RUN",
                         help="lmms-eval output folder (searched recursively for *_results.json) or one results "
-                             "file; one per method")
+                             "file; one per method, a row each (not with --pending)")
     parser.add_argument("--label", action="append", default=None, metavar="NAME",
-                        help="method name for each RUN, in order (default: the folder name)")
+                        help="method name of a RUN; give it once per RUN, in the same order (default: the "
+                             "folder name)")
     parser.add_argument("--out", action="append", type=Path, default=[], metavar="FILE",
-                        help="write the table; format from the suffix: .md, .csv, .json, .png (repeatable)")
+                        help="also write the table to FILE, format from its suffix: .md, .csv, .json or .png "
+                             "(repeatable; checked before any run is read)")
     parser.add_argument("--require-all", action="store_true",
-                        help="exit with an error if any run misses any of the 11 benchmarks")
-    parser.add_argument("--decimals", type=int, default=2)
+                        help="exit with status 2 (after printing/writing the table) if any run misses any of "
+                             "the 11 benchmarks")
+    parser.add_argument("--decimals", type=int, default=2, metavar="N",
+                        help="digits after the decimal point in the printed/markdown table (default 2; .csv "
+                             "and .json keep full precision)")
     parser.add_argument("--mme", choices=sorted(MME_CHOICES), default=DEFAULT_MME,
-                        help="what the MME column is (default acc: per-question accuracy; see eval/README.md)")
+                        help="what the MME column is: " + "; ".join(f"{k} = {v}" for k, v in MME_CHOICES.items())
+                             + f" (default {DEFAULT_MME}; see eval/README.md)")
     parser.add_argument("--mmmu", choices=sorted(MMMU_VARIANTS), default=DEFAULT_MMMU,
-                        help="which MMMU/MMMU-Pro variant the columns read first (standard | single)")
+                        help="MMMU/MMMU-Pro variant the columns use: standard = lmms-eval's mmmu_val / "
+                             "mmmu_pro_standard, single = one merged image per question; a run without the chosen "
+                             f"variant falls back to the other, with a note (default {DEFAULT_MMMU})")
     resume = parser.add_argument_group("resume a suite (instead of a table)")
     resume.add_argument("--pending", type=Path, metavar="CONFIG",
-                        help="list the entries of an lmms-eval --config file whose results are not there yet")
+                        help="list the entries of an lmms-eval --config file whose results are not there yet "
+                             "(done = every task, no --limit, same checkpoint fingerprint)")
     resume.add_argument("--output-path", default=None, metavar="DIR",
-                        help="with --pending: the --output_path given to lmms-eval, if any")
+                        help="with --pending: the --output_path given to lmms-eval, when it overrode the "
+                             "entries' own output_path")
     resume.add_argument("--write-config", type=Path, default=None, metavar="FILE",
                         help="with --pending: write the unfinished entries as a new --config file")
-    cost = parser.add_argument_group("cost column (paper app. H.4)")
+    cost = parser.add_argument_group("cost column (paper app. H.4; needs --cost-baseline)")
     cost.add_argument("--tokens", action="append", default=[], metavar="LABEL=IN,OUT",
-                      help="data-acquisition token counts of a method, e.g. 'ReVision=11.64M,16.15M'")
+                      help="data-acquisition input,output token counts of a method (K/M/B suffixes), e.g. "
+                           "'ReVision=11.64M,16.15M' (repeatable)")
     cost.add_argument("--train-json", action="append", default=[], metavar="LABEL=FILE[,FILE]",
-                      help="count the tokens of a method's training json(s) (LLaVA format) with --tokenizer")
-    cost.add_argument("--tokenizer", default=None, help="tokenizer (folder or hub id) of the model, for --train-json")
-    cost.add_argument("--image-tokens", type=int, default=0,
+                      help="count the tokens of a method's training json(s) (LLaVA format) with --tokenizer "
+                           "(repeatable)")
+    cost.add_argument("--tokenizer", default=None, metavar="NAME_OR_DIR",
+                      help="tokenizer (folder or hub id) of the model, for --train-json")
+    cost.add_argument("--image-tokens", type=int, default=0, metavar="N",
                       help="input tokens charged per <image> in --train-json (default 0)")
-    cost.add_argument("--price-in", type=float, default=PAPER_PRICE_IN, help="USD per million input tokens (default 1.25)")
-    cost.add_argument("--price-out", type=float, default=PAPER_PRICE_OUT,
-                      help="USD per million output tokens (default 10.00)")
+    cost.add_argument("--price-in", type=float, default=PAPER_PRICE_IN, metavar="USD",
+                      help=f"USD per million input tokens (default {PAPER_PRICE_IN:.2f})")
+    cost.add_argument("--price-out", type=float, default=PAPER_PRICE_OUT, metavar="USD",
+                      help=f"USD per million output tokens (default {PAPER_PRICE_OUT:.2f})")
     cost.add_argument("--cost-baseline", default=None, metavar="LABEL",
-                      help="method whose cost is 1.00 (the paired 'w/ image' run)")
+                      help="method whose cost is 1.00, the others relative to it (the paired 'w/ image' run)")
 
 
 def _split_assignment(text: str, option: str) -> tuple[str, str]:
@@ -150,6 +184,10 @@ def run(args: argparse.Namespace) -> int:
         raise RevisionError("give at least one RUN folder (or --pending CONFIG)")
     if args.label is not None and len(args.label) != len(args.runs):
         raise RevisionError(f"--label given {len(args.label)} times for {len(args.runs)} runs")
+    if args.decimals < 0:
+        raise RevisionError(f"--decimals {args.decimals}: give 0 or more digits")
+    for out in args.out:  # a bad --out fails now, not after the table was printed
+        check_out_path(out)
     labels = args.label or unique_labels(args.runs)
     runs = [load_run(path, label) for path, label in zip(args.runs, labels)]
 

@@ -5,7 +5,7 @@ Missing benchmarks are shown as missing ("–"), never as 0. **Avg** is the plai
 and the table shows the mean over what is present followed by the coverage, e.g.
 ``47.20 (9/11)``. Below the table: details (MME halves and readings, SQA dev/test, POPE
 splits, HallBench) and provenance (versions, checkpoint fingerprint, tower, template, judge,
-empty answers, ``--limit`` runs, superseded files).
+empty answers, ``--limit`` runs, superseded files; see :mod:`.provenance`).
 """
 
 from __future__ import annotations
@@ -28,48 +28,27 @@ from revision_plugin.compare.benchmarks import (
     detail_columns,
 )
 from revision_plugin.compare.cost import PAPER_PRICE_IN, PAPER_PRICE_OUT, TokenCount
+from revision_plugin.compare.provenance import grouped_warnings, json_provenance, provenance_lines
 from revision_plugin.compare.runs import Run
 from revision_plugin.errors import RevisionError
 
 MISSING = "–"
 
 
-def run_provenance(run: Run) -> dict:
-    """Per task: checkpoint, fingerprint, versions, tower, template, judge, empty answers."""
-    out = {}
-    for task, file in sorted(run.source.items()):
-        prov = run.provenance.get(file, {})
-        task_info = (prov.get("tasks") or {}).get(task, {})
-        out[task] = {"file": str(file), "checkpoint": prov.get("checkpoint"), "versions": prov.get("versions"),
-                     "tower": prov.get("tower"), "conv_template": prov.get("conv_template"),
-                     "judge": task_info.get("judge"), "empty_answers": task_info.get("empty_answers"),
-                     "notes": prov.get("notes", [])}
-    return out
+# --out suffix -> format; checked before any run is read (check_out_path)
+OUT_FORMATS = {".md": "markdown", ".markdown": "markdown", ".csv": "csv", ".json": "json", ".png": "png"}
 
 
-def provenance_lines(run: Run) -> list[str]:
-    lines = []
-    seen: set[tuple] = set()
-    for task, info in run_provenance(run).items():
-        ckpt = info["checkpoint"] or {}
-        if not ckpt:
-            lines.append(f"`{task}`: no provenance (not written by `revision eval`): checkpoint unknown")
-            continue
-        versions = info["versions"] or {}
-        tower = info["tower"] or {}
-        template = info["conv_template"] or {}
-        key = (ckpt.get("fingerprint"), tuple(sorted(versions.items())), str(tower), str(template))
-        if key not in seen:
-            seen.add(key)
-            lines.append(f"checkpoint `{ckpt.get('path')}` fingerprint `{ckpt.get('fingerprint')}`; "
-                         + ", ".join(f"{k} {v}" for k, v in versions.items() if v) + "; "
-                         f"tower {tower.get('alignment_method')} (encoder {tower.get('encoder_id')}, "
-                         f"num_tokens {tower.get('num_tokens')}); template {template.get('used')}")
-        lines.append(f"`{task}`: judge {info['judge'] or 'unknown'}, empty answers {info['empty_answers']}")
-        for note in info["notes"]:
-            if note not in lines:
-                lines.append(f"WARNING {note}")
-    return lines
+def check_out_path(path: Path) -> None:
+    """Refuse an ``--out`` that :meth:`Comparison.write` could not write, before any work."""
+    if path.suffix.lower() not in OUT_FORMATS:
+        raise RevisionError(f"--out {path}: unknown format {path.suffix or '(no suffix)'!r} "
+                            "(use .md, .csv, .json or .png)")
+    if path.is_dir():
+        raise RevisionError(f"--out {path}: is a directory; give a file name")
+    blocking = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        raise RevisionError(f"--out {path}: {blocking} is a file, not a directory")
 
 
 @dataclass
@@ -183,8 +162,8 @@ class Comparison:
             versions = sorted(set(run.versions.values()))
             lines.append(f"- {run.label}: `{run.path}` — {len(run.versions)} result file(s), "
                          f"lmms-eval {', '.join(versions)}")
-            for line in provenance_lines(run):
-                lines.append(f"  - {line}")
+            for depth, text in provenance_lines(run):
+                lines.append("  " * (depth + 1) + f"- {text}")
             for file, limit in run.limits.items():
                 lines.append(f"  - WARNING `{file}` ran with --limit {limit}: not a full evaluation")
             for task, file in run.superseded:
@@ -223,7 +202,7 @@ class Comparison:
                                                            "output": row.tokens.output_tokens,
                                                            "origin": row.tokens.origin},
                  "lmms_eval_versions": sorted(set(run.versions.values())),
-                 "provenance": run_provenance(run),
+                 "provenance": json_provenance(run), "provenance_warnings": grouped_warnings(run),
                  "files": {task: str(f) for task, f in run.source.items()}}
                 for row, run in zip(self.rows, self.runs)
             ],
@@ -259,16 +238,15 @@ class Comparison:
         plt.close(fig)
 
     def write(self, path: Path) -> None:
-        suffix = path.suffix.lower()
-        if suffix == ".png":
+        check_out_path(path)
+        kind = OUT_FORMATS[path.suffix.lower()]
+        if kind == "png":
             self.to_png(path)
             return
-        writers = {".md": self.to_markdown, ".markdown": self.to_markdown, ".csv": self.to_csv,
-                   ".json": lambda: json.dumps(self.to_json(), indent=2, default=str) + "\n"}
-        if suffix not in writers:
-            raise RevisionError(f"--out {path}: unknown format (use .md, .csv, .json or .png)")
+        text = {"markdown": self.to_markdown, "csv": self.to_csv,
+                "json": lambda: json.dumps(self.to_json(), indent=2, default=str) + "\n"}[kind]()
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(writers[suffix](), encoding="utf-8")
+        path.write_text(text, encoding="utf-8")
 
 
 def build_row(run: Run, benches: tuple[Benchmark, ...] = BENCHMARKS) -> Row:
