@@ -9,6 +9,9 @@ real encoder, where the forward dominates; on a CPU with the tiny stand-in the f
 per batch weigh far more, so expect less there. Median of 3, measured in one run.
 
     python benchmarks/bench_embed.py                                  # tiny LLM2CLIP, built here
+    python benchmarks/bench_embed.py --device cuda --shape llama3-8b --texts 20000 --batch 128
+        # random weights in Llama-3-8B's shape (no download); the tokenizer stays the tiny
+        # byte-level one, so a caption is ~4x more tokens than with Llama-3's own
     python benchmarks/bench_embed.py --device cuda --texts 20000 --batch 128 \\
         --model microsoft/LLM2CLIP-Openai-L-14-336 \\
         --text-model microsoft/LLM2CLIP-Llama-3-8B-Instruct-CC-Finetuned --trust-remote-code
@@ -30,7 +33,14 @@ from revision_plugin.encoders import load_encoder
 from revision_plugin.encoders.corpus import CorpusItem
 from revision_plugin.encoders.corpus_embedding import embed_corpus
 from revision_plugin.encoders.llm2vec_text import bidirectional_mask
-from revision_plugin.testing.tiny_llm2clip import build_tiny_llm2clip
+from revision_plugin.testing.tiny_llm2clip import (
+    LLAMA3_8B_SHAPE,
+    LLM2CLIP_OPENAI_L14_DIM,
+    TINY_LLAMA_SHAPE,
+    build_tiny_llm2clip,
+)
+
+SHAPES = {"tiny": (TINY_LLAMA_SHAPE, 24), "llama3-8b": (LLAMA3_8B_SHAPE, LLM2CLIP_OPENAI_L14_DIM)}
 
 WORDS = "a photo of the cat dog on in with and man red small large wooden table near two people street".split()
 
@@ -81,7 +91,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=64, help="texts per batch, for both (default 64)")
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     parser.add_argument("--dtype", default=None, help="bf16 / fp32 (default: bf16 on CUDA, fp32 on CPU)")
-    parser.add_argument("--model", help="LLM2CLIP model (default: a tiny one built here)")
+    parser.add_argument("--shape", choices=sorted(SHAPES), default="tiny",
+                        help="size of the stand-in built here when no --model is given (default tiny)")
+    parser.add_argument("--model", help="LLM2CLIP model (default: a stand-in built here, see --shape)")
     parser.add_argument("--text-model", help="its LLM2Vec text model (with --model)")
     parser.add_argument("--trust-remote-code", action="store_true", help="allow --model's own code (real LLM2CLIP)")
     parser.add_argument("--repeats", type=int, default=3, help="runs of each (the median is printed)")
@@ -96,7 +108,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.model:
             model, text_model, trust = args.model, args.text_model, args.trust_remote_code
         else:  # our own stand-in, built from a config here: its code is ours
-            model, text_model = build_tiny_llm2clip(Path(tmp) / "tiny")
+            shape, dim = SHAPES[args.shape]
+            large = args.shape != "tiny"
+            model, text_model = build_tiny_llm2clip(Path(tmp) / "stand-in", dim=dim, shape=shape,
+                                                    device=args.device if large else None,
+                                                    dtype=torch.bfloat16 if large else None)
             trust = True
         encoder = load_encoder("llm2clip", model, device=args.device, dtype=args.dtype, text_model=text_model,
                                text_batch_size=args.batch, trust_remote_code=trust)
@@ -110,7 +126,8 @@ def main(argv: list[str] | None = None) -> int:
             embed_runs.append(embed_seconds(encoder, items, args.batch, Path(tmp) / f"store-{k}"))
             bare_runs.append(bare_seconds(encoder, batches))
     embed_s, bare_s = statistics.median(embed_runs), statistics.median(bare_runs)
-    print(f"{encoder.encoder_id} on {encoder.device} ({encoder.dtype}), {args.texts} texts, batch {args.batch}, "
+    what = args.model or f"stand-in of shape {args.shape} (random weights)"
+    print(f"{what}: {encoder.encoder_id} on {encoder.device} ({encoder.dtype}), {args.texts} texts, batch {args.batch}, "
           f"{tokens:,} tokens; median of {args.repeats}")
     print(f"  bare forward   {bare_s:8.3f} s  {tokens / bare_s:12,.0f} tokens/s  (runs "
           + " ".join(f"{s:.3f}" for s in bare_runs) + ")")

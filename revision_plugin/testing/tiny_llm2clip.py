@@ -94,18 +94,41 @@ class TinyLLM2CLIP(NamedTuple):
     text_model: Path  # the bidirectional Llama (``--text-model``)
 
 
+class LlamaShape(NamedTuple):
+    """The text model's size; the tokenizer and the layout stay the tiny stand-in's."""
+
+    hidden_size: int = 48
+    layers: int = 2
+    intermediate_size: int = 96
+    heads: int = 4
+    kv_heads: int = 2
+
+
+# LLM2CLIP-Llama-3-8B-Instruct-CC-Finetuned's text model (Llama-3-8B) with random weights: for
+# throughput measurements on a GPU without the hub (benchmarks/bench_embed.py --shape llama3-8b).
+TINY_LLAMA_SHAPE = LlamaShape()
+LLAMA3_8B_SHAPE = LlamaShape(hidden_size=4096, layers=32, intermediate_size=14336, heads=32, kv_heads=8)
+LLM2CLIP_OPENAI_L14_DIM = 1280  # LLM2CLIP-Openai-L-14-336's projection width
+
+
 def build_tiny_llm2clip(
-    directory: str | Path, *, dim: int = 24, llm_hidden_size: int = 48, image_size: int = 32, seed: int = 0
+    directory: str | Path, *, dim: int = 24, llm_hidden_size: int = 48, image_size: int = 32, seed: int = 0,
+    shape: LlamaShape | None = None, device: str | None = None, dtype=None,
 ) -> TinyLLM2CLIP:
-    """Save both tiny stand-ins under ``directory`` and return their paths."""
+    """Save both stand-ins under ``directory`` and return their paths (``shape`` overrides
+    ``llm_hidden_size``; the text model is initialised on ``device`` and saved in ``dtype``,
+    default float32)."""
     directory = Path(directory)
-    text_dir = build_tiny_llm2vec_llama(directory / "tiny-llm2clip-llama", hidden_size=llm_hidden_size, seed=seed)
+    shape = shape or LlamaShape(hidden_size=llm_hidden_size, intermediate_size=2 * llm_hidden_size)
+    text_dir = build_tiny_llm2vec_llama(directory / "tiny-llm2clip-llama", shape=shape, seed=seed,
+                                        device=device, dtype=dtype)
     clip_dir = directory / "tiny-llm2clip-openai"
-    _build_clip_with_adapter(clip_dir, dim=dim, llm_hidden_size=llm_hidden_size, image_size=image_size, seed=seed)
+    _build_clip_with_adapter(clip_dir, dim=dim, llm_hidden_size=shape.hidden_size, image_size=image_size, seed=seed)
     return TinyLLM2CLIP(clip_dir, text_dir)
 
 
-def build_tiny_llm2vec_llama(directory: str | Path, *, hidden_size: int = 48, seed: int = 0) -> Path:
+def build_tiny_llm2vec_llama(directory: str | Path, *, shape: LlamaShape = TINY_LLAMA_SHAPE, seed: int = 0,
+                             device: str | None = None, dtype=None) -> Path:
     import torch
     from transformers import LlamaConfig, LlamaModel
 
@@ -113,12 +136,14 @@ def build_tiny_llm2vec_llama(directory: str | Path, *, hidden_size: int = 48, se
     tokenizer = tiny_llama3_tokenizer()
     vocab = tokenizer.get_vocab()
     config = LlamaConfig(
-        vocab_size=len(vocab), hidden_size=hidden_size, intermediate_size=2 * hidden_size, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024, rope_theta=500000.0,
+        vocab_size=len(vocab), hidden_size=shape.hidden_size, intermediate_size=shape.intermediate_size,
+        num_hidden_layers=shape.layers, num_attention_heads=shape.heads, num_key_value_heads=shape.kv_heads,
+        max_position_embeddings=1024, rope_theta=500000.0,
         bos_token_id=vocab["<|begin_of_text|>"], eos_token_id=vocab["<|eot_id|>"],
     )
     torch.manual_seed(seed)
-    model = LlamaModel(config).eval()
+    with torch.device(device or "cpu"):  # an 8B-sized init takes minutes on a CPU, seconds on a GPU
+        model = LlamaModel(config).eval().to(dtype or torch.float32)
     # Random init leaves hidden states nearly position-blind; scale up so tests see real effects.
     with torch.no_grad():
         model.embed_tokens.weight.mul_(50.0)
