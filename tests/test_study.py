@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,7 @@ pytest.importorskip("llava")
 
 from revision_plugin.compare.runs import load_run  # noqa: E402
 from revision_plugin.study.settings import BLIND, PAIRED, default_settings, slug  # noqa: E402
-from revision_plugin.study.summary import scores  # noqa: E402
+from revision_plugin.study.table import scores  # noqa: E402
 
 LABELS = [*default_settings().variants, BLIND]
 
@@ -49,7 +50,10 @@ def test_tiny_clip_retrieves_far_above_chance_and_has_a_modality_gap(study):
     # a gap: paired texts and images are far from identical and their centroids differ
     assert metrics["paired_cosine"] < 0.95 and metrics["centroid_gap"] > 0.05, metrics
     report = json.loads((study / "seed-0" / "report" / "report.json").read_text())
-    assert report
+    # the report refits every operator on its fit split: its held-out rows are never fit rows
+    assert {"mean_shift", "c3", "blockwise", "realign"} <= set(report["operators"])
+    assert all(entry["source"] == "fitted on the fit split" for label, entry in report["operators"].items()
+               if label != "raw")
 
 
 def test_with_image_after_stage_1_beats_blind(study):
@@ -69,15 +73,23 @@ def test_every_variant_has_lmms_eval_results_and_a_table_row(study):
             # written by `revision eval`: the checkpoint and the template it was asked in are recorded
             provenance = run.task_provenance("revision_pope")
             assert provenance["checkpoint"]["fingerprint"] and provenance["conv_template"]["used"] == "llama_3"
-        with open(study / f"table_{stage}.csv", newline="") as fh:
+        # `revision compare` of the seed's own eval folders, in the seed's folder
+        with open(study / "seed-0" / f"table_{stage}.csv", newline="") as fh:
             rows = list(csv.DictReader(fh))
         assert [r["method"] for r in rows] == LABELS
-        assert all(rows[i]["POPE"] for i in range(len(rows)))
-        assert (study / f"table_{stage}.png").stat().st_size > 0
+        assert all(r["POPE"] and r["MME"] for r in rows)  # MME from lmms-eval's `mme` scores
+        assert (study / "seed-0" / f"table_{stage}.png").stat().st_size > 0
+    assert not list(study.glob("table_stage*"))
     table = (study / "study_table.md").read_text()
     assert all(f"| {label} |" in table for label in LABELS)
+    data = json.loads((study / "study_table.json").read_text())
+    assert list(data["stages"]["stage2"]["methods"]) == LABELS and (study / "study_table.csv").stat().st_size
     summary = (study / "summary.md").read_text()
-    assert "paper" in summary and summary.count(". ") >= 1
+    first = summary.split("\n\n")[0]
+    assert "paper" in first and "one seed cannot separate" in first and "beats" not in summary
+    # every folder the summary points to exists
+    for path in re.findall(r"`(seed-K/[^`]+)`", summary):
+        assert (study / path.replace("seed-K", "seed-0")).exists(), path
     probe = json.loads((study / "seed-0" / "models" / "llm_probe" / "llm_probe.json").read_text())
     assert all(0.0 <= probe[k] <= 1.0 for k in probe if k != "scenes"), probe
 

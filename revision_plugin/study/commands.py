@@ -2,10 +2,11 @@
 synthetic-vector geometry demo.
 
 Writes under ``--out`` (default ``demo_out/``): ``settings.json``, ``seed-K/`` (world, tiny
-models, embeddings, operators, geometry report, every checkpoint and lmms-eval result),
-``table_stage1.*`` / ``table_stage2.*`` (``revision compare``: markdown, CSV, PNG),
-``study_table.md`` (every variant, both stages, mean ± std over seeds), ``summary.md`` and
-``timings.json``. A rerun reuses every finished step.
+models, embeddings, operators, geometry report, every checkpoint and lmms-eval result, and
+``table_stage{1,2}.{md,csv,png,json}``: ``revision compare`` of that seed's eval folders),
+``study_table.{md,csv,json}`` (every variant, both stages: mean, std and per-seed values over
+seeds), ``summary.md`` (two sentences of result, then why) and ``timings.json``. A rerun reuses
+every finished step.
 """
 
 from __future__ import annotations
