@@ -48,6 +48,18 @@ require_path() {
     die "$what not found: $value"
 }
 
+# --deepspeed JSON, or none for no DeepSpeed. A plain "python" launcher starts one process with
+# no torch.distributed environment, where DeepSpeed falls back to MPI discovery and dies on a
+# missing mpi4py: refuse that pairing here, in one line, instead.
+check_deepspeed() {
+    if [[ "$DEEPSPEED" == none ]]; then return 0; fi
+    require_path "--deepspeed" "$DEEPSPEED"
+    local first; read -r first _ <<< "${LAUNCHER}"
+    if [[ "$(basename "$first")" == python* && "${LAUNCHER}" != *torch.distributed* ]]; then
+        die "--launcher ${LAUNCHER} runs one process without torch.distributed, which DeepSpeed needs: pass --deepspeed none, or use --launcher deepspeed / torchrun"
+    fi
+}
+
 abspath() { if [[ "$1" == /* ]]; then echo "$1"; else echo "$PWD/$1"; fi; }
 
 # revision:<spec> from the tower flags (absolute paths, so the spec works from any directory).

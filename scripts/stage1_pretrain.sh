@@ -31,8 +31,8 @@ Usage: stage1_pretrain.sh [options] [-- extra LLaVA train() flags]
   --output-dir DIR       default ./checkpoints/revision-llama3-8b-stage1[-paired]
   --epochs N (1)  --lr LR (5e-4)  --batch-size B (32 per device)  --grad-accum N (1)
   --max-length N (2048)  --workers N (4)  --save-steps N (24000)  --tf32 True|False (True)
-  --deepspeed JSON       default scripts/zero2.json
-  --launcher CMD         default "deepspeed"; e.g. "torchrun --nproc_per_node 8", "python"
+  --deepspeed JSON|none  default scripts/zero2.json; none = no DeepSpeed (needed with --launcher python)
+  --launcher CMD         default "deepspeed"; e.g. "torchrun --nproc_per_node 8", "python" (one process)
   --train-module MOD     LLaVA entry point; default llava.train.train_mem (flash-attention 2) when
                          flash_attn is installed, else llava.train.train (default attention, CPU ok)
   --skip-bad-records F   train on the records that pass the start-up scan and list the others in F
@@ -67,10 +67,11 @@ require_path "--data" "$DATA"
 [[ -z "$IMAGE_FOLDER" ]] || require_path "--image-folder" "$IMAGE_FOLDER"
 require_path "--llm" "$LLM" 1
 require_path "--encoder-model" "$ENCODER_MODEL" 1
-require_path "--deepspeed" "$DEEPSPEED"
+check_deepspeed
 
-ARGS=(
-    --deepspeed "$DEEPSPEED"
+ARGS=()
+[[ "$DEEPSPEED" == none ]] || ARGS+=(--deepspeed "$DEEPSPEED")
+ARGS+=(
     --model_name_or_path "$LLM"
     --version plain
     --data_path "$DATA"

@@ -28,8 +28,8 @@ Usage: stage2_finetune.sh [options] [-- extra LLaVA train() flags]
   --epochs N (1)  --lr LR (1e-5)  --batch-size B (16 per device)  --grad-accum N (2)
   --max-length N (2048)  --workers N (4)  --save-steps N (50000)  --tf32 True|False (True)
   --image-aspect-ratio pad|square (pad)
-  --deepspeed JSON       default scripts/zero3.json
-  --launcher CMD         default "deepspeed"; e.g. "torchrun --nproc_per_node 8", "python"
+  --deepspeed JSON|none  default scripts/zero3.json; none = no DeepSpeed (needed with --launcher python)
+  --launcher CMD         default "deepspeed"; e.g. "torchrun --nproc_per_node 8", "python" (one process)
   --train-module MOD     LLaVA entry point; default llava.train.train_mem (flash-attention 2) when
                          flash_attn is installed, else llava.train.train (default attention, CPU ok)
   --skip-bad-records F   train on the records that pass the start-up scan and list the others in F
@@ -68,10 +68,11 @@ require_path "--projector-file" "$PROJECTOR_FILE"
 [[ -z "$IMAGE_STORE" ]] || require_path "--image-store" "$IMAGE_STORE"
 require_path "--llm" "$LLM" 1
 require_path "--encoder-model" "$ENCODER_MODEL" 1
-require_path "--deepspeed" "$DEEPSPEED"
+check_deepspeed
 
-ARGS=(
-    --deepspeed "$DEEPSPEED"
+ARGS=()
+[[ "$DEEPSPEED" == none ]] || ARGS+=(--deepspeed "$DEEPSPEED")
+ARGS+=(
     --model_name_or_path "$LLM"
     --version "$VERSION"
     --data_path "$DATA"

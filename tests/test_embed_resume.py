@@ -92,6 +92,7 @@ def test_another_model_with_the_same_directory_name_is_refused(tmp_path, tiny_cl
     assert embed_texts(tmp_path, tiny_clip_dir, "--shard-rows", 100) == 0
     before = snapshot(tmp_path / "out")
     texts(tmp_path, [*CAPTIONS, "one more caption"])  # a new id would be embedded by the other model
+    capsys.readouterr()  # what building the models and the first run printed (progress bars, if enabled)
     for extra in ((), ("--update",)):
         assert embed_texts(tmp_path, other, *extra) == 2
         line = one_error_line(capsys.readouterr().err)

@@ -4,12 +4,16 @@ stage 1 on pseudo text -> mm_projector.bin -> stage 2 on PNG images -> load_pret
 
 from __future__ import annotations
 
+import io
 import json
+import re
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from revision_plugin.errors import ArtifactMismatchError, BadInputError
 from revision_plugin.testing.tiny_llava import (
@@ -157,6 +161,18 @@ def test_reloaded_and_moved_checkpoint_gives_the_same_logits(workdir, data, tmp_
     torch.testing.assert_close(again, reference, rtol=0, atol=0)
 
 
+def test_a_checkpoint_that_lost_its_tower_never_takes_the_one_in_the_working_directory(workdir, tmp_path,
+                                                                                       monkeypatch):
+    broken = tmp_path / "llava-no-tower"
+    shutil.copytree(workdir / CHECKPOINT_NAME, broken)
+    shutil.rmtree(broken / "revision_tower")
+    elsewhere = tmp_path / "elsewhere"  # another run's tower, where the user happens to be
+    shutil.copytree(workdir / CHECKPOINT_NAME / "revision_tower", elsewhere / "revision_tower")
+    monkeypatch.chdir(elsewhere)
+    with pytest.raises(FileNotFoundError, match="revision tower 'revision:revision_tower': not found"):
+        _load(broken)
+
+
 def test_operator_stays_frozen_through_training(workdir, data):
     from revision_plugin.align.base import load_operator
     from revision_plugin.hosts.llava import tower_of
@@ -237,7 +253,7 @@ def test_mixed_pseudo_and_real_batches(workdir, data, tmp_path):
     assert len(out.losses) == 3 and all(loss > 0 for loss in out.losses)
 
 
-def _dataset(data, records, tmp_path, tokenizer=None, version="plain", image_folder=None, **tower_overrides):
+def _dataset(data, records, tmp_path, tokenizer=None, version="plain", image_folder=None, raw=None, **tower_overrides):
     import llava.train.train as llava_train
     from llava import conversation as conversation_lib
     from transformers import AutoTokenizer
@@ -247,7 +263,7 @@ def _dataset(data, records, tmp_path, tokenizer=None, version="plain", image_fol
 
     register()
     path = tmp_path / "records.json"
-    path.write_text(json.dumps(records))
+    path.write_bytes(json.dumps(records).encode() if raw is None else raw)
     tokenizer = tokenizer or AutoTokenizer.from_pretrained(str(data.llm), use_fast=False, model_max_length=256,
                                                            padding_side="right")
     tokenizer.pad_token = tokenizer.unk_token
@@ -291,6 +307,8 @@ BAD_RECORDS = [
     ({"id": "empty-text", "text": ""}, "non-empty string"),
     ({"id": "no-file", "image": "missing.png"}, "missing.png not found"),
     ({"id": "broken-file", "image": "broken.png"}, "cannot be read"),
+    ({"id": "cut-png", "image": "cut.png"}, "cut.png cannot be read (OSError: image file is truncated"),
+    ({"id": "cut-jpeg", "image": "cut.jpg"}, "cut.jpg cannot be read (OSError: image file is truncated"),
     ({"id": "no-conversations", "conversations": None}, "no 'conversations' list"),
 ]
 
@@ -298,6 +316,16 @@ BAD_RECORDS = [
 def _records_with_bad_ones(data, tmp_path):
     shutil.copytree(data.image_folder, tmp_path / "images")
     (tmp_path / "images" / "broken.png").write_bytes(b"not a png")
+    # Downloads cut short: the header reads fine, the pixels do not (LLaVA would fail mid-training).
+    for name, fmt in (("cut.png", "PNG"), ("cut.jpg", "JPEG")):
+        noise = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+        buffer = io.BytesIO()
+        Image.fromarray(noise).save(buffer, fmt)
+        (tmp_path / "images" / name).write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+    # A complete JPEG followed by padding after its end marker is a good image.
+    Image.open(tmp_path / "images" / "red_square.png").convert("RGB").save(tmp_path / "images" / "padded.jpg")
+    with open(tmp_path / "images" / "padded.jpg", "ab") as fh:
+        fh.write(b"\0" * 4096)
     good = {"id": "ok", "text_id": "cap-red-square", "conversations": [
         {"from": "human", "value": "<image>\n"}, {"from": "gpt", "value": "a red square."}]}
     records = [good]
@@ -306,10 +334,15 @@ def _records_with_bad_ones(data, tmp_path):
         first = spec.pop("first", "<image>\n")
         spec.setdefault("conversations", [{"from": "human", "value": first}, {"from": "gpt", "value": "a red square."}])
         records.append(spec)
-    return records + [dict(good, id="ok-2")]
+    padded = {**{k: v for k, v in good.items() if k != "text_id"}, "id": "ok-padded", "image": "padded.jpg"}
+    return records + [dict(good, id="ok-2"), padded]
 
 
-def test_every_bad_record_is_reported_before_training(data, tmp_path):
+@pytest.mark.parametrize("lenient_pil", [False, True])  # lmms-eval sets LOAD_TRUNCATED_IMAGES on import
+def test_every_bad_record_is_reported_before_training(data, tmp_path, monkeypatch, lenient_pil):
+    from PIL import ImageFile
+
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", lenient_pil)
     records = _records_with_bad_ones(data, tmp_path)
     with pytest.raises(BadInputError) as info:
         _dataset(data, records, tmp_path, image_folder=tmp_path / "images")
@@ -321,12 +354,22 @@ def test_every_bad_record_is_reported_before_training(data, tmp_path):
         assert reason in line, (reason, line)
 
 
+@pytest.mark.parametrize("raw, message", [
+    (b"[]", "records.json: no records (an empty list); nothing to train on"),
+    (b'[{"id": "a",', "records.json: invalid JSON (Expecting"),
+    ('[{"id": "caf\u00e9"}]'.encode("latin-1"), "records.json: not a UTF-8 JSON file (invalid"),
+])
+def test_an_unreadable_records_file_is_one_line(data, tmp_path, raw, message):
+    with pytest.raises(BadInputError, match=re.escape(message)):
+        _dataset(data, [], tmp_path, raw=raw)
+
+
 def test_bad_records_can_be_left_out_explicitly(data, tmp_path, monkeypatch):
     records = _records_with_bad_ones(data, tmp_path)
     listing = tmp_path / "left-out" / "bad.jsonl"
     monkeypatch.setenv("REVISION_SKIP_BAD_RECORDS", str(listing))
     dataset = _dataset(data, records, tmp_path, image_folder=tmp_path / "images")
-    assert [r["id"] for r in dataset.list_data_dict] == ["ok", "ok-2"] and len(dataset) == 2
+    assert [r["id"] for r in dataset.list_data_dict] == ["ok", "ok-2", "ok-padded"] and len(dataset) == 3
     left_out = [json.loads(line) for line in listing.read_text().splitlines()]
     assert [(r["index"], r["id"]) for r in left_out] == [(i, spec["id"]) for i, (spec, _) in enumerate(BAD_RECORDS, start=1)]
     assert all(r["file"] == str(tmp_path / "records.json") and r["reason"] for r in left_out)
@@ -390,6 +433,14 @@ def test_stage1_can_be_resumed(data, tmp_path):
     assert resumed.stdout.count("'loss'") == 3 and first.stdout.count("'loss'") == 3
     final = torch.load(out / "mm_projector.bin", weights_only=True)
     assert not torch.equal(final["model.mm_projector.0.weight"], saved["model.mm_projector.0.weight"])
+
+    # A later save cut short (killed while writing checkpoint-7): the same command names it
+    # and what to do, instead of failing inside transformers on its missing trainer_state.json.
+    cut = out / "checkpoint-7"
+    shutil.copytree(out / "checkpoint-6", cut)
+    (cut / "trainer_state.json").unlink()
+    with pytest.raises(BadInputError, match="checkpoint-7: incomplete step checkpoint .* to resume from checkpoint-6"):
+        run_llava_train(stage1_args(data, out, extra=[*save[:-1], "9"]))
 
 
 def test_text_only_stage1_transfers_to_real_images(workdir, data):

@@ -87,6 +87,21 @@ def test_checkpoint_path_is_checked_at_start_up(tmp_path, monkeypatch):
         RevisionLlava(pretrained=str(tmp_path / "nope"))
 
 
+def test_an_incomplete_or_projector_only_checkpoint_is_named_before_loading(tmp_path):
+    pytest.importorskip("llava")
+    from revision_plugin.lmms import RevisionLlava
+
+    checkpoint = tmp_path / "llava-stage1"
+    checkpoint.mkdir()
+    (checkpoint / "mm_projector.bin").write_bytes(b"")
+    with pytest.raises(BadInputError, match="no config.json, so not a complete saved checkpoint"):
+        RevisionLlava(pretrained=str(checkpoint))
+    (checkpoint / "config.json").write_text("{}")
+    with pytest.raises(BadInputError, match=r"holds no LLM weights \(a projector-only \(stage 1\) checkpoint\): "
+                                            "pass model_base="):
+        RevisionLlava(pretrained=str(checkpoint))
+
+
 def test_conv_template_must_exist(tmp_path):
     pytest.importorskip("llava")
     from revision_plugin.lmms import RevisionLlava

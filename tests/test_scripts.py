@@ -133,14 +133,25 @@ def test_deepspeed_configs_resolve_with_transformers(name, stage, tmp_path):
     assert hf_config.is_zero3() == (stage == 3)
 
 
-def test_scripts_launch_llavas_own_module_with_any_launcher(data):
+def test_scripts_launch_llavas_own_module_with_any_launcher(data, tmp_path):
     """No wrapper: deepspeed --module / torchrun -m / python -m llava.train.train (train_mem with flash_attn)."""
     args = ["--operator", str(data.operator), "--text-store", str(data.text_store), "--data", str(data.stage1_json)]
-    for launcher in ("deepspeed", "torchrun --nproc_per_node 8", "python"):
-        assert "--vision_tower" in _dry_run("stage1_pretrain.sh", *args, launcher=launcher)
+    (tmp_path / "mm_projector.bin").write_bytes(b"")
+    stage2_args = ["--operator", str(data.operator), "--projector-file", str(tmp_path / "mm_projector.bin"),
+                   "--data", str(data.stage2_json), "--image-folder", str(data.image_folder)]
+    for launcher in ("deepspeed", "torchrun --nproc_per_node 8"):
+        assert "--deepspeed" in _dry_run("stage1_pretrain.sh", *args, launcher=launcher)
+    # one plain process has no torch.distributed environment for DeepSpeed: --deepspeed none
+    assert "--deepspeed" not in _dry_run("stage1_pretrain.sh", *args, "--deepspeed", "none", launcher="python")
     result = subprocess.run(["bash", str(SCRIPTS / "stage1_pretrain.sh"), "--dry-run", *args, "--train-module",
-                             "llava.train.train_mem", "--launcher", "python"], capture_output=True, text=True, check=False, cwd=REPO)
+                             "llava.train.train_mem", "--launcher", "python", "--deepspeed", "none"],
+                            capture_output=True, text=True, check=False, cwd=REPO)
     assert result.stdout.splitlines()[:3] == ["python", "-m", "llava.train.train_mem"], result.stderr
+    for script, script_args in (("stage1_pretrain.sh", args), ("stage2_finetune.sh", stage2_args)):
+        refused = subprocess.run(["bash", str(SCRIPTS / script), "--dry-run", *script_args, "--launcher", "python"],
+                                 capture_output=True, text=True, check=False, cwd=REPO)
+        assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stderr
+        assert "pass --deepspeed none" in refused.stderr
 
 
 def test_stage2_help_says_where_defaults_differ_from_the_official_script():

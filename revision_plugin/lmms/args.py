@@ -30,6 +30,24 @@ def resolve_checkpoint(pretrained: Any, what: str = "pretrained") -> Path:
     return path
 
 
+# Files that hold an LLM's own weights (a full or merged checkpoint); a folder without any of
+# them is a projector-only (stage 1) or LoRA checkpoint, which LLaVA loads on a model_base.
+FULL_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+
+
+def check_loadable(checkpoint: Path, model_base: str | None) -> None:
+    """Name what is missing before LLaVA builds anything: without ``config.json`` transformers
+    would allocate a default-sized model and fail on its weights; a projector-only folder loaded
+    without ``model_base`` fails in the tokenizer with an error about sentencepiece."""
+    if not (checkpoint / "config.json").is_file():
+        raise BadInputError(f"revision_llava: pretrained={checkpoint}: no config.json, so not a complete saved "
+                            "checkpoint (a save interrupted midway?); use the run's final folder or a complete checkpoint-N")
+    if model_base is None and not any((checkpoint / name).is_file() for name in FULL_WEIGHTS):
+        kind = "LoRA" if (checkpoint / "adapter_config.json").is_file() else "projector-only (stage 1)"
+        raise BadInputError(f"revision_llava: pretrained={checkpoint} holds no LLM weights (a {kind} checkpoint): "
+                            "pass model_base=<the base LLM it was trained on>")
+
+
 def resolve_device(device: Any) -> str:
     import torch
 

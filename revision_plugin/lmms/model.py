@@ -50,6 +50,7 @@ from tqdm import tqdm
 
 from revision_plugin.errors import BadInputError, RevisionError
 from revision_plugin.lmms.args import (
+    check_loadable,
     cut_at_stop,
     resolve_checkpoint,
     resolve_device,
@@ -126,6 +127,7 @@ class RevisionLlava(lmms):
             logger.warning("revision_llava: %s", note)
         self.conv_template_info = {"used": self.conv_template, "checkpoint": checkpoint_conv_template(ckpt_config),
                                    "requested": conv_template or None}
+        check_loadable(checkpoint, base)  # after the template check: that needs no weights
 
         # data parallel under accelerate launch / torchrun: one process per GPU
         world_size = launched_world_size()

@@ -72,7 +72,6 @@ def scan_records(dataset) -> list[dict]:
     silent ``WARNING: tokenization mismatch``: the sample would train on nothing; skipped
     with ``strict_labels=false``). Tokenisation is LLaVA's own, as in training."""
     from llava.constants import DEFAULT_IMAGE_TOKEN, IGNORE_INDEX
-    from PIL import Image
 
     config = dataset.tower_config
     problems: list[dict] = []
@@ -121,8 +120,7 @@ def scan_records(dataset) -> list[dict]:
             folder = getattr(dataset.data_args, "image_folder", None) or ""
             path = os.path.join(folder, value)
             try:
-                with Image.open(path) as image:
-                    image.size  # noqa: B018  (header only: cheap)
+                check_image(path)
             except FileNotFoundError:
                 bad(index, record, f"image {path} not found")
                 continue
@@ -174,7 +172,14 @@ def _make_dataset_class():
         """LLaVA's lazy dataset + pseudo records (``text_id`` / ``text``) and cached images."""
 
         def __init__(self, data_path: str, tokenizer, data_args, tower_config: TowerConfig) -> None:
-            super().__init__(data_path=data_path, tokenizer=tokenizer, data_args=data_args)
+            try:  # LLaVA reads the file with a bare json.load: name it in one line instead
+                super().__init__(data_path=data_path, tokenizer=tokenizer, data_args=data_args)
+            except json.JSONDecodeError as err:
+                raise BadInputError(f"{data_path}: invalid JSON ({err})") from err
+            except UnicodeDecodeError as err:
+                raise BadInputError(f"{data_path}: not a UTF-8 JSON file ({err.reason})") from err
+            if isinstance(self.list_data_dict, list) and not self.list_data_dict:
+                raise BadInputError(f"{data_path}: no records (an empty list); nothing to train on")
             self.data_path = str(data_path)
             self.tower_config = tower_config
             self._stores: dict[str, Any] = {}
@@ -313,3 +318,31 @@ def make_supervised_data_module(tokenizer, data_args, _original=None) -> dict:
         processor.resolve()
     collator = RevisionDataCollator(llava_train.DataCollatorForSupervisedDataset(tokenizer=tokenizer))
     return {"train_dataset": dataset, "eval_dataset": None, "data_collator": collator}
+
+
+# What a complete file of these formats ends with (JPEG's EOI marker, PNG's IEND chunk); a
+# download cut short lacks it, and LLaVA would fail on it at whichever step first reads it.
+_END_MARKERS = {"JPEG": b"\xff\xd9", "PNG": b"IEND\xaeB`\x82"}
+_TAIL_BYTES = 64  # encoders may pad a few bytes after the marker
+
+
+def check_image(path: str) -> None:
+    """Raise ``OSError`` for an image that is unreadable or cut short: its header is read, and a
+    JPEG or PNG must end with its end marker (one extra small read). A file without it, or of
+    another format, is decoded once, which tells trailing bytes after a complete image from
+    truncation. A truncated image is refused even where ``ImageFile.LOAD_TRUNCATED_IMAGES`` is
+    set (lmms-eval sets it on import): it would train on grey padding instead of the picture."""
+    from PIL import Image, ImageFile
+
+    with Image.open(path) as image:
+        marker = _END_MARKERS.get(image.format)
+        if marker is not None:
+            with open(path, "rb") as fh:
+                fh.seek(max(0, os.fstat(fh.fileno()).st_size - _TAIL_BYTES))
+                if marker in fh.read():
+                    return
+        lenient, ImageFile.LOAD_TRUNCATED_IMAGES = ImageFile.LOAD_TRUNCATED_IMAGES, False
+        try:
+            image.load()
+        finally:
+            ImageFile.LOAD_TRUNCATED_IMAGES = lenient

@@ -209,8 +209,10 @@ def apply_overrides(config: TowerConfig, overrides: str | None = None) -> TowerC
 
 def _resolve_spec(spec: str, cfg, checkpoint_dir: str | None = None) -> TowerConfig:
     """Parse ``spec``; a relative path spec (what checkpoints record) is looked up in
-    ``$REVISION_TOWER_DIR``, the checkpoint being loaded, the config's ``_name_or_path``,
-    then the working directory."""
+    ``$REVISION_TOWER_DIR``, the checkpoint being loaded, the config's ``_name_or_path``, and,
+    for a spec given on the command line (training), the working directory. A checkpoint being
+    loaded never takes its tower from the working directory: a checkpoint that lost its
+    ``revision_tower/`` would silently run with whichever one sits there."""
     body = spec[len(SPEC_PREFIX):]
     if "=" in body or os.path.isabs(os.path.expanduser(body)):
         return parse_tower_spec(spec)
@@ -225,7 +227,9 @@ def _resolve_spec(spec: str, cfg, checkpoint_dir: str | None = None) -> TowerCon
     saved_at = getattr(cfg, SAVED_AT_KEY, None)  # checkpoints of older versions
     if saved_at:
         bases.append(Path(saved_at))
-    bases.append(Path.cwd())
+    loading = checkpoint_dir is not None or getattr(cfg, "mm_vision_tower", None) is not None
+    if not loading:
+        bases.append(Path.cwd())
     tried = []
     for base in bases:
         candidate = base / body

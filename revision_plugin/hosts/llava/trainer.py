@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 
 import torch
 
-from revision_plugin.errors import ArtifactMismatchError
+from revision_plugin.errors import ArtifactMismatchError, BadInputError
 from revision_plugin.hosts.llava.checkpoints import (
     _is_main_process,
     _is_peft,
@@ -37,6 +38,22 @@ def _save_lora_extras(trainer, folder: str) -> None:
         torch.save(weights, os.path.join(folder, NON_LORA_FILE))
 
 
+def check_resumable(output_dir: str) -> None:
+    """Refuse to resume from a step checkpoint whose save was cut short. transformers resumes
+    from the highest ``checkpoint-N`` whatever it holds, and one without ``trainer_state.json``
+    (the last file the Trainer writes) ends in a traceback; the user only has to delete it."""
+    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
+
+    last = get_last_checkpoint(output_dir)
+    if last is None or os.path.isfile(os.path.join(last, "trainer_state.json")):
+        return
+    complete = sorted((int(p.name.split("-")[-1]), p) for p in Path(output_dir).glob(f"{PREFIX_CHECKPOINT_DIR}-*")
+                      if p.name.split("-")[-1].isdigit() and (p / "trainer_state.json").is_file())
+    then = f"resume from {complete[-1][1].name}" if complete else "start from step 0"
+    raise BadInputError(f"{last}: incomplete step checkpoint (no trainer_state.json: the run stopped while saving "
+                        f"it); delete that folder and rerun the same command to {then}")
+
+
 def _make_trainer_class():
     from llava.train.llava_trainer import LLaVATrainer
     from transformers import Trainer
@@ -62,6 +79,11 @@ def _make_trainer_class():
                 return
             if os.path.isdir(folder):
                 finalize_checkpoint(folder, self.model)
+
+        def train(self, resume_from_checkpoint=None, *args, **kwargs):
+            if resume_from_checkpoint is True:  # what LLaVA's train() passes when checkpoint-* exist
+                check_resumable(self.args.output_dir)
+            return super().train(resume_from_checkpoint, *args, **kwargs)
 
         def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
             target = unwrap_model(model if model is not None else self.model)
