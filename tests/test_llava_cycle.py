@@ -416,6 +416,19 @@ def test_llama_3_template_masks_exactly_the_answers(data, tmp_path, capsys):
     assert MISMATCH not in capsys.readouterr().out
 
 
+def test_stage1_follows_its_seed(data, tmp_path):
+    """LLaVA builds the projector before its Trainer seeds anything: without the patch that seeds
+    when the arguments are parsed, two runs with the same --seed started from different weights."""
+    def projector(name: str, seed: str) -> dict:
+        run = run_llava_train(stage1_args(data, tmp_path / name, extra=["--max_steps", "1", "--seed", seed]))
+        return torch.load(run.output_dir / "mm_projector.bin", weights_only=True)
+
+    first, again, other = projector("a", "3"), projector("b", "3"), projector("c", "4")
+    assert first.keys() == again.keys()
+    assert all(torch.equal(first[k], again[k]) for k in first)
+    assert not torch.equal(first["model.mm_projector.0.weight"], other["model.mm_projector.0.weight"])
+
+
 def test_stage1_can_be_resumed(data, tmp_path):
     """LLaVA saves only mm_projector.bin in stage-1 checkpoints; resuming needs the optimizer,
     scheduler and trainer state too (IntelLabs/multimodal_cognitive_ai PR #31)."""
