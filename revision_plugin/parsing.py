@@ -30,15 +30,21 @@ def parse_bool(value: Any, what: str, empty: bool | None = None) -> bool:
     raise BadInputError(f"{what}: expected true/false, got {value!r}")
 
 
+def json_file_error(path, err: ValueError) -> BadInputError:
+    """The one-line error for a JSON file that does not parse (``JSONDecodeError``) or is not
+    UTF-8 (``UnicodeDecodeError``)."""
+    if isinstance(err, UnicodeDecodeError):
+        return BadInputError(f"{path}: not a UTF-8 JSON file ({err.reason})")
+    return BadInputError(f"{path}: invalid JSON ({err})")
+
+
 def read_json_object(path: Path, error: Callable[[str], Exception] = BadInputError) -> dict:
     """A UTF-8 JSON file holding an object; anything else is a one-line ``BadInputError``
     (``error`` for a valid file that holds something other than an object)."""
     try:
         raw = json.loads(Path(path).read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise BadInputError(f"{path}: invalid JSON ({err})") from err
-    except UnicodeDecodeError as err:
-        raise BadInputError(f"{path}: not a UTF-8 JSON file ({err.reason})") from err
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise json_file_error(path, err) from err
     if not isinstance(raw, dict):
         raise error(f"{path}: expected a JSON object, got {type(raw).__name__}")
     return raw

@@ -15,6 +15,7 @@ from typing import Any
 from revision_plugin.errors import BadInputError, RevisionError
 from revision_plugin.hosts.llava.constants import SKIP_BAD_RECORDS_ENV
 from revision_plugin.hosts.llava.tower import RevisionImageProcessor
+from revision_plugin.parsing import json_file_error
 from revision_plugin.tower import (
     KIND_IMAGE_FEATURE,
     KIND_PIXELS,
@@ -174,10 +175,8 @@ def _make_dataset_class():
         def __init__(self, data_path: str, tokenizer, data_args, tower_config: TowerConfig) -> None:
             try:  # LLaVA reads the file with a bare json.load: name it in one line instead
                 super().__init__(data_path=data_path, tokenizer=tokenizer, data_args=data_args)
-            except json.JSONDecodeError as err:
-                raise BadInputError(f"{data_path}: invalid JSON ({err})") from err
-            except UnicodeDecodeError as err:
-                raise BadInputError(f"{data_path}: not a UTF-8 JSON file ({err.reason})") from err
+            except (json.JSONDecodeError, UnicodeDecodeError) as err:
+                raise json_file_error(data_path, err) from err
             if isinstance(self.list_data_dict, list) and not self.list_data_dict:
                 raise BadInputError(f"{data_path}: no records (an empty list); nothing to train on")
             self.data_path = str(data_path)
