@@ -36,7 +36,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="repeat the whole study over N world/model seeds (mean ± std); default 3 (1 with --quick)")
     parser.add_argument("--ablation-tokens", action="store_true",
                         help="also run ReAlign with num_tokens=576 (the official code's replication) vs the default 1")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads (default: 2, the settings' value). A run is reproducible for one thread "
+                             "count; another count changes float reductions, hence the trained models and their scores")
     parser.add_argument("--force", action="store_true", help="redo every step instead of reusing cached ones")
     parser.add_argument("--geometry-only", action="store_true",
                         help="the synthetic-vector geometry demo instead (gap table of every operator + report)")

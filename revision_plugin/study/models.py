@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 import re
@@ -45,24 +44,51 @@ def _words(texts: list[str]) -> list[str]:
     return sorted({w for t in texts for w in re.findall(r"[a-z]+", t.lower())})
 
 
+def word_merges(words: list[str]) -> list[tuple[str, str]]:
+    """BPE merges over ``words`` in CLIP's ``</w>`` convention, until every word is one token.
+
+    The most frequent adjacent pair is merged first, a tie going to the pair that sorts first,
+    so the ranks (and with them the vocabulary ids) are a function of ``words`` alone.
+    ``tokenizers``' ``BpeTrainer`` (with ``end_of_word_suffix``) was used here before: it learnt
+    the same merges but ranked equally frequent ones differently on every call, even in one
+    process with a fixed ``PYTHONHASHSEED`` (randomly seeded Rust hash maps), so two runs of one
+    seed got different vocabulary ids, CLIP weights and held-out recall@1.
+    """
+    import collections
+
+    symbols = [[*word[:-1], word[-1] + "</w>"] for word in words if word]
+    merges: list[tuple[str, str]] = []
+    while True:
+        counts = collections.Counter(pair for s in symbols for pair in zip(s, s[1:]))
+        if not counts:
+            return merges
+        pair = min(counts, key=lambda p: (-counts[p], p))
+        merges.append(pair)
+        symbols = [_merge_pair(s, pair) for s in symbols]
+
+
+def _merge_pair(symbols: list[str], pair: tuple[str, str]) -> list[str]:
+    out, i = [], 0
+    while i < len(symbols):
+        if i + 1 < len(symbols) and (symbols[i], symbols[i + 1]) == pair:
+            out.append(symbols[i] + symbols[i + 1])
+            i += 2
+        else:
+            out.append(symbols[i])
+            i += 1
+    return out
+
+
 def build_clip(directory: Path, texts: list[str], s: ClipSettings, seed: int) -> Path:
     """An untrained CLIPModel whose tokenizer has one token per word of ``texts``."""
     import torch
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
     from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
 
     from revision_plugin.testing.tiny_clip import _byte_chars, _clip_image_processor
 
     chars = _byte_chars()
     tokens = chars + [c + "</w>" for c in chars]
-    # merges learnt by a real BPE trainer on the world's words (conflict-free ranks), CLIP's "</w>" convention
-    bpe = Tokenizer(models.BPE(end_of_word_suffix="</w>"))
-    bpe.pre_tokenizer = pre_tokenizers.Whitespace()
-    words = _words(texts)
-    bpe.train_from_iterator(words, trainers.BpeTrainer(vocab_size=len(tokens) + 40 * len(words), end_of_word_suffix="</w>",
-                                                       show_progress=False, initial_alphabet=chars))
-    learnt = json.loads(bpe.to_str())["model"]
-    merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in learnt["merges"]]
+    merges = word_merges(_words(texts))
     tokens += [a + b for a, b in merges]
     tokens += ["<|startoftext|>", "<|endoftext|>"]
     vocab = {t: i for i, t in enumerate(dict.fromkeys(tokens))}

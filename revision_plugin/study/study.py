@@ -37,9 +37,11 @@ def run_seed(out: Path, settings: StudySettings, runner: Runner, *, ablation_tok
     world = runner.step("world", out / "world", [s.seed, asdict(s.world)],
                         lambda d: _world(d, s))
     files = data.WorldFiles(world.folder)
-    clip = runner.step("tiny CLIP", out / "models" / "clip", [world.fingerprint, asdict(s.clip)],
+    # Trained weights depend on the thread count (how float sums are split), so it is part of the
+    # models' keys, and through them of every later step's: another --threads never reuses them.
+    clip = runner.step("tiny CLIP", out / "models" / "clip", [world.fingerprint, asdict(s.clip), s.threads],
                        lambda d: _clip(d, files, s))
-    llm = runner.step("tiny Llama", out / "models" / "llm", [world.fingerprint, asdict(s.llm)],
+    llm = runner.step("tiny Llama", out / "models" / "llm", [world.fingerprint, asdict(s.llm), s.threads],
                       lambda d: models.train_llm(d, data.read_role(files, "llm_text"), s.llm, s.seed, _progress))
     probe = runner.step("probe tiny Llama", out / "models" / "llm_probe", [llm.fingerprint, s.eval.probe_scenes],
                         lambda d: _probe(d, llm.folder, files, s))
