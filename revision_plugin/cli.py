@@ -15,7 +15,7 @@ import sys
 import traceback
 
 from revision_plugin import __version__
-from revision_plugin.errors import RevisionError
+from revision_plugin.errors import RevisionError, wants_traceback
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -39,7 +39,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         "pretrain an MLLM projector on unpaired text.",
     )
     parser.add_argument("--version", action="version", version=f"revision_plugin {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging, and the traceback above an error (also: REVISION_TRACEBACK=1)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (module, help_text) in COMMANDS.items():
         sub_parser = sub.add_parser(name, help=help_text, description=help_text)
@@ -66,14 +66,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"revision {args.command}: interrupted", file=sys.stderr)
         return 130
     except USER_ERRORS as err:
-        if args.verbose:
+        if args.verbose or wants_traceback():
             traceback.print_exc()
         print(f"revision {args.command}: error: {describe_error(err)}", file=sys.stderr)
         return 2
 
 
 # What bad input (a file, a value, a permission, a malformed artifact) raises: one line, exit 2;
-# ``--verbose`` prints the traceback above it. Anything else is a bug and keeps its traceback.
+# ``--verbose`` (or ``$REVISION_TRACEBACK=1``) prints the traceback above it. Anything else is a
+# bug and keeps its traceback.
 USER_ERRORS: tuple[type[BaseException], ...] = (RevisionError, OSError, ValueError, TypeError, KeyError, RuntimeError)
 
 

@@ -5,6 +5,19 @@ catch bad input, while the CLI maps them to a one-line message and exit code 2.
 """
 
 
+# Set to 1 to see the full traceback of the plugin's bad-input errors, which otherwise print as
+# one line (the ``revision`` command's ``--verbose`` does the same; LLaVA's training prints
+# ``revision: error: …``).
+TRACEBACK_ENV = "REVISION_TRACEBACK"
+
+
+def wants_traceback() -> bool:
+    """Whether ``$REVISION_TRACEBACK`` asks for tracebacks (set, and not ``0``)."""
+    import os
+
+    return os.environ.get(TRACEBACK_ENV, "").strip() not in ("", "0")
+
+
 class RevisionError(ValueError):
     """Bad input or a mismatched artifact; the message names the file/row/id at fault."""
 
@@ -15,6 +28,11 @@ class BadInputError(RevisionError):
 
 class ArtifactMismatchError(RevisionError):
     """An artifact (operator, store, checkpoint) fitted for another encoder or dimension."""
+
+
+class MissingFileError(RevisionError, FileNotFoundError):
+    """A file or folder the input names does not exist (the message says which and what it is
+    for). Still a ``FileNotFoundError``, so callers that catch that keep working."""
 
 
 def check_writable(path, directory: bool = False) -> None:

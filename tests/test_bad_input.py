@@ -466,11 +466,17 @@ def test_the_table_covers_every_command_it_names():
     assert len({case_id for case_id, _, _ in CASES}) == len(CASES) >= 80
 
 
-def test_verbose_keeps_the_traceback(tmp_path, capsys):
+def test_verbose_keeps_the_traceback(tmp_path, capsys, monkeypatch):
     argv = fit_args(tmp_path, text=unit(1))
+    monkeypatch.delenv("REVISION_TRACEBACK", raising=False)
+    assert main(argv) == 2
+    assert "Traceback" not in capsys.readouterr().err
     assert main(["--verbose", *argv]) == 2
     err = capsys.readouterr().err
     assert "Traceback" in err and err.strip().splitlines()[-1].startswith("revision fit: error:")
+    monkeypatch.setenv("REVISION_TRACEBACK", "1")  # as for LLaVA's training (docs/llava.md)
+    assert main(argv) == 2
+    assert "Traceback" in capsys.readouterr().err
 
 
 def test_oserror_from_user_input_is_one_line(tmp_path, capsys, monkeypatch):

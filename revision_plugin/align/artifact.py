@@ -19,7 +19,7 @@ from revision_plugin.align.base import (
     OperatorInfo,
     get_operator_class,
 )
-from revision_plugin.errors import ArtifactMismatchError, RevisionError
+from revision_plugin.errors import ArtifactMismatchError, MissingFileError, RevisionError
 from revision_plugin.parsing import read_json_object
 
 
@@ -28,7 +28,7 @@ def read_operator_info(directory: str | Path) -> OperatorInfo:
     directory = Path(directory)
     config_path = directory / OPERATOR_CONFIG_NAME
     if not config_path.is_file():
-        raise FileNotFoundError(f"{directory}: not an operator directory ({config_path.name} missing)")
+        raise MissingFileError(f"{directory}: not an operator directory ({config_path.name} missing)")
     raw = read_json_object(config_path, ArtifactMismatchError)
     if "method" not in raw:
         raise ArtifactMismatchError(f"{config_path}: no 'method' field")
@@ -48,7 +48,7 @@ def load_operator(
     config_path, weights_path = directory / OPERATOR_CONFIG_NAME, directory / OPERATOR_WEIGHTS_NAME
     for path in (config_path, weights_path):
         if not path.is_file():
-            raise FileNotFoundError(f"{directory}: not an operator directory ({path.name} missing)")
+            raise MissingFileError(f"{directory}: not an operator directory ({path.name} missing)")
     info = read_operator_info(directory)
     cls = get_operator_class(info.method)
     if expected_dim is not None and info.dim != expected_dim:

@@ -20,7 +20,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from revision_plugin.errors import BadInputError
+from revision_plugin.errors import BadInputError, MissingFileError
 from revision_plugin.runtime import shard_bounds
 from revision_plugin.store.layout import npy_data_offset
 
@@ -56,7 +56,7 @@ class NpySource:
     def __post_init__(self) -> None:
         self.path = Path(self.path)
         if not self.path.is_file():
-            raise FileNotFoundError(f"{self.path}: no such file")
+            raise MissingFileError(f"{self.path}: no such file")
         try:
             self._data_offset, shape, fortran, dtype = npy_data_offset(self.path)
         except ValueError as err:
@@ -162,5 +162,5 @@ def open_source(obj, encoder_id: str | None = None) -> ChunkSource:
     if path.suffix == ".npy":
         return NpySource(path, encoder_id=encoder_id)
     if not path.exists():
-        raise FileNotFoundError(f"{path}: no such file or directory")
+        raise MissingFileError(f"{path}: no such file or directory")
     raise BadInputError(f"{path}: expected a .npy file or a feature-store directory")

@@ -16,7 +16,7 @@ from revision_plugin.compare.cost import (
 from revision_plugin.compare.runs import Run, load_run, unique_labels
 from revision_plugin.compare.suite import MMMU_VARIANTS
 from revision_plugin.compare.table import check_out_path, compare
-from revision_plugin.errors import BadInputError, RevisionError
+from revision_plugin.errors import BadInputError, MissingFileError, RevisionError
 
 
 def _entry_checkpoint(entry: dict, source: Path, index: int) -> Path:
@@ -207,7 +207,7 @@ def run(args: argparse.Namespace) -> int:
             paths = [Path(p) for p in value.split(",")]
             for p in paths:
                 if not p.is_file():
-                    raise FileNotFoundError(f"--train-json {label}: no such file: {p}")
+                    raise MissingFileError(f"--train-json {label}: no such file: {p}")
             if label in tokens:
                 raise RevisionError(f"{label}: both --tokens and --train-json given")
             tokens[label] = count_training_tokens(paths, tokenizer, image_tokens=args.image_tokens)

@@ -14,7 +14,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from revision_plugin.errors import BadInputError, RevisionError
+from revision_plugin.errors import BadInputError, MissingFileError, RevisionError
 from revision_plugin.lmms.provenance import results_provenance
 
 
@@ -76,7 +76,7 @@ def _result_files(path: Path) -> list[Path]:
     if path.is_file():
         return [path]
     if not path.is_dir():
-        raise FileNotFoundError(f"run folder not found: {path}")
+        raise MissingFileError(f"run folder not found: {path}")
     files = sorted(p for p in path.rglob("*_results.json") if p.is_file())
     if not files:
         raise RevisionError(f"{path}: no lmms-eval *_results.json files under this folder")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from revision_plugin.errors import RevisionError
+from revision_plugin.errors import MissingFileError, RevisionError
 from revision_plugin.runtime import DTYPE_NAMES, dtype_named
 
 logger = logging.getLogger(__name__)
@@ -128,4 +128,4 @@ def check_model_source(model: str | Path) -> None:
     if Path(text).expanduser().exists():
         return
     if text.startswith((".", "/", "~")) or text.count("/") > 1 or "\\" in text:
-        raise FileNotFoundError(f"{text}: model directory not found")
+        raise MissingFileError(f"{text}: model directory not found")

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from revision_plugin.errors import BadInputError
+from revision_plugin.errors import BadInputError, MissingFileError
 
 CONTENT_HASH_BYTES = 16
 
@@ -56,7 +56,7 @@ def read_corpus(
         raise ValueError(f"modality must be 'text' or 'image', not {modality!r}")
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such input file")
+        raise MissingFileError(f"{path}: no such input file")
     value_key = value_key or _DATASET_JSON_KEYS[modality][1]
     suffix = path.suffix.lower()
     if suffix == ".jsonl":

@@ -29,7 +29,7 @@ from revision_plugin.argtypes import (
     positive_int,
     unit_interval,
 )
-from revision_plugin.errors import ArtifactMismatchError, BadInputError, check_writable
+from revision_plugin.errors import ArtifactMismatchError, BadInputError, MissingFileError, check_writable
 
 logger = logging.getLogger(__name__)
 
@@ -100,7 +100,7 @@ def read_pairs(spec: str, text_src, image_src) -> np.ndarray:
         return np.stack([rows, rows], 1)
     path = Path(spec)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such pairs file (or pass --pairs rows)")
+        raise MissingFileError(f"{path}: no such pairs file (or pass --pairs rows)")
     if path.suffix == ".npy":
         arr = np.load(path, allow_pickle=False)
         if arr.ndim != 2 or arr.shape[1] != 2 or not np.issubdtype(arr.dtype, np.integer):

@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from revision_plugin.errors import BadInputError, RevisionError
+from revision_plugin.errors import BadInputError, MissingFileError, RevisionError
 from revision_plugin.parsing import assignments
 from revision_plugin.runtime import DTYPE_NAMES, default_device, dtype_named
 
@@ -26,7 +26,7 @@ def resolve_checkpoint(pretrained: Any, what: str = "pretrained") -> Path:
                             f"{', '.join('$' + v for v in unset)} not set")
     path = Path(text)
     if not path.is_dir():
-        raise FileNotFoundError(f"revision_llava: {what}={pretrained!r}: no such checkpoint folder ({path})")
+        raise MissingFileError(f"revision_llava: {what}={pretrained!r}: no such checkpoint folder ({path})")
     return path
 
 

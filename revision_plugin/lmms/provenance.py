@@ -20,7 +20,7 @@ import json
 import struct
 from pathlib import Path
 
-from revision_plugin.errors import BadInputError
+from revision_plugin.errors import BadInputError, MissingFileError
 
 RESULTS_KEY = "revision"  # top-level key of an lmms-eval results json holding our provenance
 PROVENANCE_FORMAT = 1
@@ -55,7 +55,7 @@ def read_config(checkpoint: str | Path) -> dict:
     try:
         config = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: no config.json; is {checkpoint} a LLaVA checkpoint folder?") from None
+        raise MissingFileError(f"{path}: no config.json; is {checkpoint} a LLaVA checkpoint folder?") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise BadInputError(f"{path}: unreadable config.json ({err})") from err
     if not isinstance(config, dict):

@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from revision_plugin.errors import RevisionError
+from revision_plugin.errors import MissingFileError, RevisionError
 from revision_plugin.store import layout
 from revision_plugin.store.journal import read_journals
 
@@ -18,7 +18,7 @@ def read_manifest(store_dir: str | Path) -> dict:
     store_dir = Path(store_dir)
     manifest_path = store_dir / layout.MANIFEST
     if not store_dir.exists():
-        raise FileNotFoundError(f"{store_dir}: no such feature store")
+        raise MissingFileError(f"{store_dir}: no such feature store")
     if not manifest_path.exists():
         if read_journals(store_dir):
             raise RevisionError(

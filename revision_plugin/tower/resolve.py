@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from revision_plugin.errors import ArtifactMismatchError
+from revision_plugin.errors import ArtifactMismatchError, MissingFileError
 from revision_plugin.tower.config import TowerConfig
 
 
@@ -57,4 +57,4 @@ def _mismatch(what: str, described, index: int) -> str:
 def _require(directory: str, name: str, what: str) -> None:
     """Refuse a ``directory`` without its metadata file ``name`` in the tower's own words."""
     if not (Path(directory) / name).is_file():
-        raise FileNotFoundError(f"revision tower: {directory} is not {what} ({name} missing)")
+        raise MissingFileError(f"revision tower: {directory} is not {what} ({name} missing)")

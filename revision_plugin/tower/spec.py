@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from revision_plugin.errors import BadInputError
+from revision_plugin.errors import BadInputError, MissingFileError
 from revision_plugin.parsing import assignments, json_or_text, parse_bool, read_json_object
 from revision_plugin.tower.config import SPEC_PREFIX, TOWER_CONFIG_NAME, TowerConfig
 
@@ -83,6 +83,6 @@ def _config_file(spec: str, text: str, base: Path) -> TowerConfig:
     if path.is_dir():
         path = path / TOWER_CONFIG_NAME
     if not path.is_file():
-        raise FileNotFoundError(f"revision tower spec {spec!r}: {path} not found")
+        raise MissingFileError(f"revision tower spec {spec!r}: {path} not found")
     raw = read_json_object(path)
     return TowerConfig.from_dict(raw, base_dir=path.parent, source=str(path))

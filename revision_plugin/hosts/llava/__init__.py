@@ -4,8 +4,9 @@ llava.train.train``, ``llava.eval.*``, ``llava.serve.cli``, ``scripts/merge_lora
 
 This package is the only part of the plugin that imports ``llava`` (besides the lmms-eval
 adapter, ``revision_plugin.lmms``). After ``revision patch-host``, LLaVA's tower builder
-hands ``revision:`` specs to :func:`build_vision_tower` here, and LLaVA's ``train()`` calls
-:func:`register` before it parses its flags, so nothing else has to change in a LLaVA
+hands ``revision:`` specs to :func:`build_vision_tower` here, LLaVA's ``train()`` calls
+:func:`register` before it parses its flags, and its command-line entry points run ``train()``
+through :func:`run_train_command`, so nothing else has to change in a LLaVA
 user's scripts. ``register()`` rebinds (all reversible with the returned ``undo``; calling
 it again is a no-op):
 
@@ -43,7 +44,8 @@ imports :func:`register` and :func:`build_vision_tower` from this package):
 * :mod:`.checkpoints` - self-contained checkpoints and the save hooks;
 * :mod:`.trainer` - LLaVA's trainer with resumable, self-contained step checkpoints;
 * :mod:`.registration` - :func:`register` (the rebind table) and its ``undo``;
-* :mod:`.launch` - :func:`train_llava` and :func:`load_pretrained_model`;
+* :mod:`.launch` - :func:`train_llava` and :func:`load_pretrained_model`, and :func:`run_train_command`
+  (LLaVA's command-line training: the plugin's bad-input errors as one ``revision: error:`` line);
 * :mod:`.models` - LLaVA models built in code, LLaVA's token constants (benchmarks);
 * :mod:`.inference` - prompts, ``<image>``-aware tokenisation and image preprocessing as LLaVA's
   eval does them (for the lmms-eval model and the study, which do not import ``llava``);
@@ -85,7 +87,7 @@ from revision_plugin.hosts.llava.inference import (
     process_images,
     tokenize_prompt,
 )
-from revision_plugin.hosts.llava.launch import load_pretrained_model, train_llava
+from revision_plugin.hosts.llava.launch import load_pretrained_model, run_train_command, train_llava
 from revision_plugin.hosts.llava.models import TokenConstants, build_llava_llama, token_constants
 from revision_plugin.hosts.llava.projector import (
     add_projector_metadata,
@@ -150,6 +152,7 @@ __all__ = [
     "projector_metadata",
     "read_projector_metadata",
     "register",
+    "run_train_command",
     "safe_save_model_for_hf_trainer",
     "save_pretrained",
     "scan_records",

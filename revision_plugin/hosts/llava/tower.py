@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from revision_plugin.errors import BadInputError, RevisionError
+from revision_plugin.errors import BadInputError, MissingFileError, RevisionError
 from revision_plugin.hosts.llava.constants import OVERRIDES_ENV, SAVED_AT_KEY, TOWER_DIR_ENV
 from revision_plugin.hosts.llava.projector import check_projector_metadata
 from revision_plugin.tower import (
@@ -237,7 +237,7 @@ def _resolve_spec(spec: str, cfg, checkpoint_dir: str | None = None) -> TowerCon
         if target.is_file():
             return parse_tower_spec(str(candidate))
         tried.append(str(target))
-    raise FileNotFoundError(
+    raise MissingFileError(
         f"revision tower {spec!r}: not found (tried {', '.join(tried)}); set ${TOWER_DIR_ENV} to the "
         "checkpoint directory that holds it"
     )
