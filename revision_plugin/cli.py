@@ -88,7 +88,7 @@ def describe_error(err: BaseException) -> str:
         if isinstance(err, PermissionError):
             text += " (check the path's permissions or choose another output)"
     elif isinstance(err, FileNotFoundError):
-        text = str(err)  # ours name the file and what is missing
+        text = str(err)  # a library's, without a filename: its message is all there is
     elif isinstance(err, json.JSONDecodeError):
         text = f"invalid JSON ({err.msg} at line {err.lineno} column {err.colno})"
     elif isinstance(err, KeyError):

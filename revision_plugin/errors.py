@@ -12,10 +12,10 @@ TRACEBACK_ENV = "REVISION_TRACEBACK"
 
 
 def wants_traceback() -> bool:
-    """Whether ``$REVISION_TRACEBACK`` asks for tracebacks (set, and not ``0``)."""
+    """Whether ``$REVISION_TRACEBACK`` asks for tracebacks (set, and not 0/false/no/off)."""
     import os
 
-    return os.environ.get(TRACEBACK_ENV, "").strip() not in ("", "0")
+    return os.environ.get(TRACEBACK_ENV, "").strip().lower() not in ("", "0", "false", "no", "off")
 
 
 class RevisionError(ValueError):

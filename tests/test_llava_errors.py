@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from revision_plugin.errors import TRACEBACK_ENV, BadInputError, RevisionError
+from revision_plugin.errors import TRACEBACK_ENV, BadInputError, MissingFileError, RevisionError
 from revision_plugin.hosts.llava import run_train_command, train_llava
 from revision_plugin.testing.tiny_llava import pytest_shared_dir, stage1_args, tiny_llava_data
 
@@ -70,17 +70,6 @@ def test_python_m_bad_spec_is_one_line_and_the_opt_out_restores_the_traceback(da
     assert last.startswith("revision_plugin.errors.BadInputError:") and "operater" in last
 
 
-def test_python_m_missing_operator_is_one_line(data, tmp_path):
-    """A spec naming an operator folder that does not exist (a MissingFileError: still a
-    FileNotFoundError for callers, one line here)."""
-    missing = tmp_path / "no-such-operator"
-    spec = data.spec_cached.replace(str(data.operator), str(missing))
-    assert spec != data.spec_cached
-    result = _run([sys.executable, "-m", "llava.train.train", *stage1_args(data, tmp_path / "out", spec=spec)])
-    _assert_one_line(result, str(missing))
-    assert result.returncode == 2 and TRACEBACK not in result.stderr
-
-
 @pytest.mark.parametrize("launcher", ["torchrun", "deepspeed"])
 def test_stage1_script_bad_records_file_is_one_line(data, tmp_path, launcher):
     """The shipped script as users run it (`deepspeed --module` / `torchrun -m`), a records file
@@ -129,6 +118,22 @@ def test_the_python_api_still_raises(data, tmp_path):
         train_llava(stage1_args(data, tmp_path / "out", spec=_typo_spec(data)))
 
 
+@pytest.mark.parametrize("missing", ["operator", "records"])
+def test_a_missing_file_is_one_of_ours(data, tmp_path, missing):
+    """A missing operator folder or records file is a MissingFileError: a RevisionError, so the
+    command line prints it as one line (as above), and still a FileNotFoundError for callers."""
+    gone = tmp_path / f"no-such-{missing}"
+    if missing == "operator":
+        spec = data.spec_cached.replace(str(data.operator), str(gone))
+        assert spec != data.spec_cached
+        args = stage1_args(data, tmp_path / "out", spec=spec)
+    else:
+        args = stage1_args(data, tmp_path / "out", data_path=gone)
+    with pytest.raises(MissingFileError, match=str(gone)) as raised:
+        train_llava(args)
+    assert isinstance(raised.value, RevisionError) and isinstance(raised.value, FileNotFoundError)
+
+
 def _raise(err: BaseException):
     def train(**kwargs):
         raise err
@@ -149,13 +154,22 @@ def test_run_train_command(monkeypatch, capsys):
     with pytest.raises(SystemExit):
         run_train_command(_raise(RevisionError("node-local path missing")))
     assert capsys.readouterr().err == "[rank3]: revision: error: node-local path missing\n"
+    with pytest.raises(SystemExit):  # every line is the rank's: ranks' output interleaves
+        run_train_command(_raise(BadInputError("data.json: 1 of 9 records cannot be trained on\ndata.json: record 4: x")))
+    assert capsys.readouterr().err == ("[rank3]: revision: error: data.json: 1 of 9 records cannot be trained on\n"
+                                       "[rank3]: data.json: record 4: x\n")
 
     with pytest.raises(ZeroDivisionError):  # a bug keeps its exception (and so its traceback)
         run_train_command(_raise(ZeroDivisionError()))
-    monkeypatch.setenv(TRACEBACK_ENV, "1")
-    with pytest.raises(BadInputError):
+    for on in ("1", "yes"):
+        monkeypatch.setenv(TRACEBACK_ENV, on)
+        with pytest.raises(BadInputError):
+            run_train_command(_raise(BadInputError("x")))
+        assert capsys.readouterr().err == ""
+    monkeypatch.setenv(TRACEBACK_ENV, "false")
+    with pytest.raises(SystemExit):
         run_train_command(_raise(BadInputError("x")))
-    assert capsys.readouterr().err == ""
+    assert capsys.readouterr().err.endswith("revision: error: x\n")
 
 
 def test_an_error_from_a_dataloader_worker_keeps_only_its_message(monkeypatch, capsys):

@@ -179,3 +179,17 @@ def test_docs_name_the_model_and_tasks():
     text = (root / "docs" / "eval.md").read_text()
     for needle in ("revision_llava", "revision compare", "revision_suite", "--include_path eval/tasks"):
         assert needle in text
+
+
+def test_offline_names_a_pinned_snapshot_the_task_module_would_not_read(monkeypatch):
+    """A pinned dataset whose lmms-eval module reads `main` at import: the error says which
+    snapshot it would read (not just the exception's type)."""
+    from revision_plugin.lmms import datasets as suite_data
+
+    pinned = suite_data.Dataset("VisuLogic/VisuLogic", revision="a" * 40, import_time_main=True)
+    monkeypatch.setitem(suite_data.DATASETS, "visulogic", pinned)
+    monkeypatch.setattr(suite_data, "_snapshot_download",
+                        lambda repo_id, revision, local_only: Path("/hub/snapshots") / (revision or "b" * 40))
+    with pytest.raises(RevisionError, match=r"visulogic: VisuLogic/VisuLogic: lmms-eval's visulogic module reads "
+                                            r"the cached main snapshot b{40}, not the pinned a{40}"):
+        suite_data.offline_snapshots(["visulogic"])

@@ -1,8 +1,8 @@
 """The miniature study is a function of its settings and seed: two fresh processes (different
 ``PYTHONHASHSEED``, one torch thread each) write byte-identical worlds, tiny-CLIP tokenizers and
-trained CLIP weights. The tiny CLIP's merges once came from ``tokenizers``' ``BpeTrainer``, which
-ranked tied merges differently on every call: every run got its own vocabulary ids, hence its
-own weights and held-out recall@1."""
+trained CLIP weights, and the same tiny-Llama tokenizer. The tiny CLIP's merges once came from
+``tokenizers``' ``BpeTrainer``, which ranked tied merges differently on every call: every run
+got its own vocabulary ids, hence its own weights and held-out recall@1."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from revision_plugin.study.settings import ClipSettings
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-# the world's whole caption vocabulary (models._words of the study's captions)
+# a caption vocabulary for the in-process checks (the subprocess test uses the world's own captions)
 WORDS = sorted("a above an and background beige big black blue bottom box center circle diamond disc gray green in "
                "is large left little middle of on one orange picture purple red rhombus right shape shapes small "
                "square that the there three tiny to top triangle two white with yellow".split())
@@ -44,6 +44,8 @@ def pairs(role):
 trained = models.train_clip(out / "clip", pairs("clip_train"), s.clip, s.seed, lambda it, desc: it)
 metrics = models.clip_metrics(out / "clip", pairs("clip_test"))
 (out / "clip" / "metrics.json").write_text(json.dumps({**trained, **metrics}, sort_keys=True))
+corpus = models.llm_corpus(data.read_role(files, "llm_text"), s.seed)
+models.build_llama_tokenizer(out / "llama_tokenizer", [t for t, _ in corpus], s.llm.vocab_size)
 """
 
 
@@ -58,7 +60,8 @@ def _different(a: Path, b: Path) -> list[str]:
 
 def test_the_clip_merges_are_a_function_of_the_words_alone():
     merges = models.word_merges(WORDS)
-    assert merges == models.word_merges(list(WORDS))
+    assert merges == models.word_merges(WORDS[::-1])  # not of their order
+    assert merges[:3] == [("l", "e</w>"), ("t", "h"), ("a", "n")]  # most frequent pair first, ties by sort
     letters = set("abcdefghijklmnopqrstuvwxyz")
     made = letters | {c + "</w>" for c in letters}
     for a, b in merges:  # every merge joins tokens that exist before its rank (conflict-free)
@@ -86,7 +89,31 @@ def test_two_fresh_processes_write_the_same_world_and_train_the_same_clip(tmp_pa
         assert done.returncode == 0, done.stderr[-3000:]
         outputs.append(tmp_path / name)
     assert (outputs[0] / "world" / "images").is_dir() and (outputs[0] / "clip" / "model.safetensors").is_file()
+    assert (outputs[0] / "llama_tokenizer" / "tokenizer.json").is_file()
     assert _different(*outputs) == []
+
+
+def test_the_tiny_clip_reads_every_word_of_the_world_as_one_token(tmp_path):
+    """What ``build_clip`` promises, on the study's own captions: <start> word <end> per word."""
+    from dataclasses import replace
+
+    from transformers import CLIPTokenizer
+
+    from revision_plugin.study import data
+    from revision_plugin.study.settings import WorldSettings, quick_settings
+
+    s = replace(quick_settings(), world=WorldSettings(clip_pairs=64, clip_test=16, llm_text=8, stage1=8,
+                                                      operator_images=8, stage2=4, eval=4))
+    files = data.build_world(tmp_path / "world", s)
+    captions = [r["caption"] for r in data.read_role(files, "clip_train")]
+    words = models._words(captions)
+    assert len(words) > 20
+    tokenizer = CLIPTokenizer.from_pretrained(str(models.build_clip(tmp_path / "clip", captions, s.clip, seed=0)))
+    assert {w: len(tokenizer(w)["input_ids"]) for w in words} == dict.fromkeys(words, 3)
+
+
+class _Stop(Exception):
+    """Ends a recorded study run at the step it was asked to stop at."""
 
 
 class _KeyRecorder:
@@ -101,7 +128,7 @@ class _KeyRecorder:
 
         self.fingerprints[name] = fingerprint(name, key)
         if name == self.last:
-            raise StopIteration
+            raise _Stop
         return StepResult(name, Path(folder), self.fingerprints[name], {}, 0.0, True)
 
 
@@ -116,7 +143,7 @@ def test_another_thread_count_never_reuses_trained_models(tmp_path):
     runs = {}
     for threads in (1, 2):
         recorder = _KeyRecorder(last="revision fit")
-        with pytest.raises(StopIteration):
+        with pytest.raises(_Stop):
             run_seed(tmp_path, replace(quick_settings(), threads=threads), recorder)
         runs[threads] = recorder.fingerprints
     assert runs[1]["world"] == runs[2]["world"]

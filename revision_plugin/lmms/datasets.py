@@ -141,6 +141,8 @@ def offline_snapshots(tasks) -> dict[str, Path]:
                 if main.name != out[task].name:
                     raise RevisionError(f"{ds.repo_id}: lmms-eval's {task} module reads the cached main "
                                         f"snapshot {main.name}, not the pinned {ds.revision}")
+        except RevisionError as err:  # our own finding above: its message says what is wrong
+            missing.append(f"{task}: {err}")
         except (OSError, ValueError) as err:  # LocalEntryNotFoundError is an OSError
             missing.append(f"{task}: {ds.repo_id}@{ds.revision or 'main'} ({type(err).__name__})")
     if missing:

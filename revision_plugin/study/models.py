@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import collections
 import logging
 import random
 import re
@@ -54,9 +55,7 @@ def word_merges(words: list[str]) -> list[tuple[str, str]]:
     process with a fixed ``PYTHONHASHSEED`` (randomly seeded Rust hash maps), so two runs of one
     seed got different vocabulary ids, CLIP weights and held-out recall@1.
     """
-    import collections
-
-    symbols = [[*word[:-1], word[-1] + "</w>"] for word in words if word]
+    symbols = [[*word[:-1], word[-1] + "</w>"] for word in words]
     merges: list[tuple[str, str]] = []
     while True:
         counts = collections.Counter(pair for s in symbols for pair in zip(s, s[1:]))
@@ -84,15 +83,10 @@ def build_clip(directory: Path, texts: list[str], s: ClipSettings, seed: int) ->
     import torch
     from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
 
-    from revision_plugin.testing.tiny_clip import _byte_chars, _clip_image_processor
+    from revision_plugin.testing.tiny_clip import clip_bpe_vocab, clip_image_processor
 
-    chars = _byte_chars()
-    tokens = chars + [c + "</w>" for c in chars]
-    merges = word_merges(_words(texts))
-    tokens += [a + b for a, b in merges]
-    tokens += ["<|startoftext|>", "<|endoftext|>"]
-    vocab = {t: i for i, t in enumerate(dict.fromkeys(tokens))}
-    tokenizer = CLIPTokenizer(vocab=vocab, merges=list(dict.fromkeys(merges)), model_max_length=77)
+    vocab, merges = clip_bpe_vocab(word_merges(_words(texts)))
+    tokenizer = CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77)
     config = CLIPConfig(
         text_config=dict(vocab_size=len(vocab), hidden_size=s.width, intermediate_size=2 * s.width,
                          num_hidden_layers=s.layers, num_attention_heads=s.heads, max_position_embeddings=77,
@@ -105,7 +99,7 @@ def build_clip(directory: Path, texts: list[str], s: ClipSettings, seed: int) ->
     torch.manual_seed(seed)
     CLIPModel(config).save_pretrained(directory)
     tokenizer.save_pretrained(directory)
-    _clip_image_processor(s.image_size).save_pretrained(directory)
+    clip_image_processor(s.image_size).save_pretrained(directory)
     return directory
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 _MERGED_WORDS = ("a", "the", "of", "photo", "cat", "dog", "on", "in", "with", "and", "man", "red")
 
 
-def _byte_chars() -> list[str]:
+def byte_chars() -> list[str]:
     """GPT-2/CLIP byte-to-unicode table: every byte has a printable stand-in character."""
     printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
     chars, extra = [], 0
@@ -27,21 +27,23 @@ def _byte_chars() -> list[str]:
     return chars
 
 
+def clip_bpe_vocab(merges: list[tuple[str, str]]) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """``(vocab, merges)`` of a complete byte-level CLIP BPE (any text tokenises): every byte,
+    alone and with CLIP's ``</w>``, then the merged tokens in rank order, then CLIP's specials."""
+    chars = byte_chars()
+    tokens = [*chars, *(c + "</w>" for c in chars), *(a + b for a, b in merges), "<|startoftext|>", "<|endoftext|>"]
+    return {token: i for i, token in enumerate(dict.fromkeys(tokens))}, list(dict.fromkeys(merges))
+
+
 def tiny_clip_vocab() -> tuple[dict[str, int], list[tuple[str, str]]]:
-    """A complete byte-level CLIP BPE vocabulary (any text tokenises) with a few merges."""
-    chars = _byte_chars()
-    tokens = chars + [c + "</w>" for c in chars]
+    """:func:`clip_bpe_vocab` with a few merges, each word merged left to right."""
     merges: list[tuple[str, str]] = []
     for word in _MERGED_WORDS:
         pieces = list(word[:-1]) + [word[-1] + "</w>"]
         while len(pieces) > 1:
             merges.append((pieces[0], pieces[1]))
             pieces = [pieces[0] + pieces[1]] + pieces[2:]
-            if pieces[0] not in tokens:
-                tokens.append(pieces[0])
-    tokens += ["<|startoftext|>", "<|endoftext|>"]
-    vocab = {token: i for i, token in enumerate(dict.fromkeys(tokens))}
-    return vocab, list(dict.fromkeys(merges))
+    return clip_bpe_vocab(merges)
 
 
 def build_tiny_clip(
@@ -76,11 +78,11 @@ def build_tiny_clip(
     model = CLIPModel(config).eval()
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
-    _clip_image_processor(image_size).save_pretrained(directory)
+    clip_image_processor(image_size).save_pretrained(directory)
     return directory
 
 
-def _clip_image_processor(image_size: int):
+def clip_image_processor(image_size: int):
     """CLIP's processor (resize shortest edge, centre crop, CLIP mean/std), PIL backend.
 
     The PIL backend needs no torchvision; transformers 4.x only has that one.

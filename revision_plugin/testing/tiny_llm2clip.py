@@ -163,9 +163,9 @@ def tiny_llama3_tokenizer():
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
-    from revision_plugin.testing.tiny_clip import _byte_chars
+    from revision_plugin.testing.tiny_clip import byte_chars
 
-    chars = _byte_chars()
+    chars = byte_chars()
     vocab = {c: i for i, c in enumerate(chars)}
     merges = []
     for word in _MERGED_WORDS:
@@ -194,7 +194,7 @@ def _build_clip_with_adapter(directory: Path, *, dim: int, llm_hidden_size: int,
     from transformers import AutoConfig, AutoModel
 
     from revision_plugin.encoders.remote_code import transformers_onnx_available
-    from revision_plugin.testing.tiny_clip import _clip_image_processor
+    from revision_plugin.testing.tiny_clip import clip_image_processor
 
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "configuration_clip.py").write_text(CONFIGURATION_CLIP_PY)
@@ -217,4 +217,4 @@ def _build_clip_with_adapter(directory: Path, *, dim: int, llm_hidden_size: int,
         torch.manual_seed(seed)
         model = AutoModel.from_config(loaded_config, trust_remote_code=True).eval()
     model.save_pretrained(directory)
-    _clip_image_processor(image_size).save_pretrained(directory)
+    clip_image_processor(image_size).save_pretrained(directory)

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from revision_plugin.errors import BadInputError, RevisionError
+from revision_plugin.errors import BadInputError, MissingFileError, RevisionError
 from revision_plugin.hosts.llava.constants import SKIP_BAD_RECORDS_ENV
 from revision_plugin.hosts.llava.tower import RevisionImageProcessor
 from revision_plugin.parsing import json_file_error
@@ -177,6 +177,8 @@ def _make_dataset_class():
                 super().__init__(data_path=data_path, tokenizer=tokenizer, data_args=data_args)
             except (json.JSONDecodeError, UnicodeDecodeError) as err:
                 raise json_file_error(data_path, err) from err
+            except FileNotFoundError:
+                raise MissingFileError(f"--data_path {data_path}: no such records file") from None
             if isinstance(self.list_data_dict, list) and not self.list_data_dict:
                 raise BadInputError(f"{data_path}: no records (an empty list); nothing to train on")
             self.data_path = str(data_path)

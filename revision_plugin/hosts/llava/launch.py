@@ -46,10 +46,10 @@ def run_train_command(train: Callable[..., object], **train_kwargs) -> None:
     """LLaVA's ``train(**train_kwargs)`` as a command: patch 0008 runs it for ``python -m
     llava.train.train``, ``deepspeed --module`` / ``torchrun -m llava.train.train`` and
     ``train_mem.py``. A :class:`RevisionError` (bad input) ends the process with one line on
-    stderr, ``revision: error: MESSAGE`` (as the ``revision`` command prints them), and exit
+    stderr, ``revision: error: MESSAGE`` (like the ``revision`` command's errors), and exit
     status 2, in every process that raises it (an error may concern one rank only: a node's
-    path, a rank's shard), after ``[rankN]: `` when there are several; a message that lists
-    bad records keeps its list on the lines below.
+    path, a rank's shard), each line after ``[rankN]: `` when there are several; a message
+    that lists bad records keeps its list on the lines below.
     Any other exception keeps its traceback, and ``$REVISION_TRACEBACK=1`` restores it for
     ours. :func:`train_llava` (the Python API) raises as usual."""
     try:
@@ -57,8 +57,10 @@ def run_train_command(train: Callable[..., object], **train_kwargs) -> None:
     except RevisionError as err:
         if wants_traceback():
             raise
+        prefix = _rank_prefix()  # on every line: ranks' output interleaves
         first, *rest = _error_text(err).splitlines() or [type(err).__name__]
-        print(f"{_rank_prefix()}revision: error: {first}", *rest, sep="\n", file=sys.stderr, flush=True)
+        lines = [f"{prefix}revision: error: {first}", *(prefix + line for line in rest)]
+        print(*lines, sep="\n", file=sys.stderr, flush=True)
         sys.exit(2)
 
 
