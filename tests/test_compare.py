@@ -80,7 +80,7 @@ def raw_results(pct: dict[str, float]) -> dict[str, dict]:
 
 
 def write_results(folder: Path, tasks: dict[str, dict], *, date: str = "20260101_120000", model: str = "ckpt",
-                  limit=None) -> Path:
+                  limit=None, pretrained: str | None = None) -> Path:
     """One file in lmms-eval 0.7.3's results-json shape, where lmms-eval puts it."""
     n = {t: (SQA_TEST_N if t == "scienceqa_img" else SQA_DEV_N if t.endswith("_dev") else 100) for t in tasks}
     payload = {
@@ -91,7 +91,7 @@ def write_results(folder: Path, tasks: dict[str, dict], *, date: str = "20260101
         "n-shot": {t: 0 for t in tasks},
         "higher_is_better": {t: {k.split(",")[0]: True for k in m} for t, m in tasks.items()},
         "n-samples": {t: {"original": n[t], "effective": n[t]} for t in tasks},
-        "config": {"model": "revision_llava", "model_args": f"pretrained={model}", "batch_size": 1,
+        "config": {"model": "revision_llava", "model_args": f"pretrained={pretrained or model}", "batch_size": 1,
                    "limit": limit, "offset": 0},
         "git_hash": "051b4e9",
         "lmms_eval_version": "main@051b4e9",  # lmms-eval's own field: git of the enclosing repository
@@ -246,6 +246,47 @@ def test_runs_keyed_by_folder_newest_file_wins_and_limit_flagged(tmp_path):
     # same folder name in two places: labels grow parents until unique
     write_results(tmp_path / "y" / "a", base)
     assert main(["compare", str(tmp_path / "x" / "a"), str(tmp_path / "y" / "a")]) == 0
+
+
+def test_limited_results_are_marked_in_every_format_and_fail_require_all(tmp_path, capsys):
+    # a full suite, then a quick `lmms-eval --limit 20` of POPE into the same folder: the newer file wins,
+    # and its cell says it is not a full evaluation
+    write_results(tmp_path / "realign", raw_results(dict(zip(BENCHMARK_KEYS, TABLE1["ReVision"][0]))))
+    write_results(tmp_path / "realign", {"revision_pope": {"pope_accuracy,none": 0.9}}, date="20260102_000000", limit=20)
+    table = compare([load_run(tmp_path / "realign")])
+    row = table.rows[0]
+    assert row.limited == {"POPE": "20"} and row.values["POPE"] == pytest.approx(90.0)
+    md = table.to_markdown()
+    assert "| 90.00† |" in md and "† POPE (--limit 20) ran with --limit" in md
+    assert next(csv.DictReader(io.StringIO(table.to_csv())))["limited"] == "POPE=20"
+    assert table.to_json()["rows"][0]["limited"] == {"POPE": "20"}
+    # --require-all: a benchmark only evaluated with --limit is not there yet
+    assert main(["compare", str(tmp_path / "realign"), "--require-all"]) == 2
+    assert "POPE (ran with --limit 20)" in capsys.readouterr().err
+    # a limited file superseded by a newer full run is listed, but marks nothing
+    write_results(tmp_path / "realign", {"revision_pope": {"pope_accuracy,none": 0.7}}, date="20260103_000000")
+    table = compare([load_run(tmp_path / "realign")])
+    assert table.rows[0].limited == {} and "†" not in table.to_markdown().split("Provenance:")[0]
+    assert "(superseded: not in the table)" in table.to_markdown()
+    assert main(["compare", str(tmp_path / "realign"), "--require-all"]) == 0
+
+
+def test_a_folder_mixing_checkpoints_without_fingerprints_is_refused(tmp_path, capsys):
+    # plain lmms-eval names the folder after the checkpoint path's last two parts: /runs/a/exp/final
+    # and /runs/b/exp/final both land in <output_path>/exp__final, and record no fingerprint
+    base = raw_results(dict(zip(BENCHMARK_KEYS, TABLE1["ReVision"][0])))
+    write_results(tmp_path / "eval_out", base, model="exp__final", pretrained="/runs/a/exp/final")
+    write_results(tmp_path / "eval_out", {"mmstar": {"average,none": 0.5}}, date="20260102_000000",
+                  model="exp__final", pretrained="/runs/b/exp/final")
+    assert main(["compare", str(tmp_path / "eval_out")]) == 2
+    err = capsys.readouterr().err
+    assert "mixes results of 2 different pretrained= checkpoints" in err
+    assert "pretrained=/runs/a/exp/final" in err and "pretrained=/runs/b/exp/final" in err
+    # the same checkpoint written two ways is one checkpoint
+    write_results(tmp_path / "ok", base, pretrained="/runs/a/exp/final")
+    write_results(tmp_path / "ok", {"mmstar": {"average,none": 0.5}}, date="20260102_000000",
+                  pretrained="/runs/a/exp//final/")
+    assert main(["compare", str(tmp_path / "ok")]) == 0
 
 
 def test_bad_inputs_name_the_file(tmp_path, capsys):

@@ -102,6 +102,23 @@ def test_an_incomplete_or_projector_only_checkpoint_is_named_before_loading(tmp_
         RevisionLlava(pretrained=str(checkpoint))
 
 
+def test_a_folder_that_is_not_a_llava_checkpoint_is_named_before_loading(tmp_path):
+    """`pretrained=` pointing at the base LLM (or the encoder) instead of the trained LLaVA folder:
+    one line naming it, not LLaVA's `'NoneType' object has no attribute 'is_loaded'`."""
+    pytest.importorskip("llava")
+    import json
+
+    from revision_plugin.lmms import RevisionLlava
+
+    llm = tmp_path / "vicuna-7b"
+    llm.mkdir()
+    (llm / "config.json").write_text(json.dumps({"model_type": "llama", "architectures": ["LlamaForCausalLM"]}))
+    (llm / "model.safetensors").write_bytes(b"")
+    with pytest.raises(BadInputError, match=r"pretrained=.*vicuna-7b: its config.json \(model_type 'llama'\) has no "
+                                            r"mm_vision_tower, so it is not a LLaVA checkpoint"):
+        RevisionLlava(pretrained=str(llm), device="cpu")
+
+
 def test_conv_template_must_exist(tmp_path):
     pytest.importorskip("llava")
     from revision_plugin.lmms import RevisionLlava

@@ -7,6 +7,7 @@ fingerprint, a non-zero exit for each failure kind, compare refusing mixed check
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -99,8 +100,14 @@ def test_template_from_checkpoint_provenance_and_skip(ckpts, pope, tmp_path, cap
     row = json.loads((tmp_path / "t.json").read_text())["rows"][0]
     assert row["provenance"]["revision_pope"]["checkpoint"]["fingerprint"] == prov["checkpoint"]["fingerprint"]
     assert row["lmms_eval_versions"] == ["0.7.3"]
-    assert _eval(ckpts["vicuna"], out, data=pope) == 0  # another checkpoint: not skipped, written next to it
-    assert len(_results(out)) == 2
+    # another checkpoint into the same folder: refused before its model loads, nothing written
+    capsys.readouterr()
+    assert _eval(ckpts["vicuna"], out, data=pope) == 2
+    assert "holds results of another checkpoint" in capsys.readouterr().err and len(_results(out)) == 1
+    # results of two checkpoints copied into one folder anyway: compare refuses it
+    assert _eval(ckpts["vicuna"], tmp_path / "vicuna", data=pope) == 0
+    [vicuna_file] = (tmp_path / "vicuna").rglob("*_results.json")
+    shutil.copy(vicuna_file, next(out.rglob("*_results.json")).parent / f"copied_{vicuna_file.name}")
     assert main(["compare", str(out)]) == 2
     assert "mixes results of 2 different checkpoints" in capsys.readouterr().err
 
@@ -115,13 +122,44 @@ def test_template_from_checkpoint_provenance_and_skip(ckpts, pope, tmp_path, cap
     assert "1 entries finished, 1 to run" in capsys.readouterr().out
 
 
+def test_resume_skips_only_results_made_the_same_way(ckpts, pope, tmp_path, capsys, caplog):
+    out = tmp_path / "out"
+    assert _eval(ckpts["llama3"], out, data=pope) == 0
+    # the same checkpoint with another max_new_tokens: the old result is not this run's, so it runs again
+    capsys.readouterr()
+    shorter = MODEL_ARGS.replace("max_new_tokens=6", "max_new_tokens=4")
+    assert _eval(ckpts["llama3"], out, "--model-args", shorter, data=pope) == 0
+    assert "| revision_pope | ok |" in capsys.readouterr().out and len(_results(out)) == 2
+    assert "made with other settings (max_new_tokens 6 -> 4): running it again" in caplog.text
+    # now it is finished for these settings; naming the checkpoint's own template changes nothing
+    assert _eval(ckpts["llama3"], out, "--model-args", shorter + ",conv_template=llama_3", data=pope) == 0
+    assert "| revision_pope | skipped |" in capsys.readouterr().out and len(_results(out)) == 2
+    # the same task on another --data file is another evaluation
+    other = tiny.build_tiny_pope(tmp_path / "pope2", n_per_split=1)
+    assert _eval(ckpts["llama3"], out, "--model-args", shorter, data=other) == 0
+    assert "| revision_pope | ok |" in capsys.readouterr().out and len(_results(out)) == 3
+    # a results file cut short (killed while saving): named, nothing re-run behind the user's back
+    newest = sorted(out.rglob("*_results.json"))[-1]
+    newest.write_text(newest.read_text()[:200])
+    assert _eval(ckpts["llama3"], out, "--model-args", shorter, data=other) == 2
+    err = capsys.readouterr().err
+    assert f"{newest}: not a readable lmms-eval results json" in err and "delete or move it" in err
+    assert len(list(out.rglob("*_results.json"))) == 3
+
+
 def test_runner_exits_nonzero_on_each_failure_kind(ckpts, pope, tmp_path, capsys):
     folder = tiny.build_tiny_failure_tasks(tmp_path / "fail")
-    # start-up failures: missing checkpoint, rejected model argument (exit 2, one line)
+    # start-up failures: missing checkpoint, rejected model argument, misspelt task, a prefetch-only
+    # option (exit 2, one line, nothing evaluated)
     assert main(["eval", "--pretrained", str(tmp_path / "missing"), "--output-path", str(tmp_path / "o")]) == 2
     assert "no such checkpoint folder" in capsys.readouterr().err
     assert _eval(ckpts["llama3"], tmp_path / "o", "--model-args", "temprature=0") == 2
     assert "unknown model_args ['temprature']" in capsys.readouterr().err
+    assert _eval(ckpts["llama3"], tmp_path / "o", tasks="revision_pop") == 2
+    assert "unknown task(s): revision_pop (did you mean revision_pope?)" in capsys.readouterr().err
+    assert _eval(ckpts["llama3"], tmp_path / "o", "--dry-run", data=pope) == 2
+    assert "--dry-run belongs to `revision eval prefetch`" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
     # task failures: each reported, the good task still written, exit 1
     tasks = "revision_tiny_badimage,revision_pope,revision_tiny_importerror,revision_tiny_nometrics"
     assert _eval(ckpts["llama3"], tmp_path / "o", "--include-path", str(ROOT / "eval" / "tasks"),
@@ -174,3 +212,9 @@ def test_prefetch_plan_covers_every_suite_dataset(capsys, caplog):
     assert main(["eval", "prefetch", "--dry-run"]) == 0
     assert "UNPINNED" in caplog.text
     assert "VisuLogic/VisuLogic@main" in capsys.readouterr().out
+    # --suite is honoured (quick: 3 datasets, not VisuLogic's whole repository); run options are refused
+    assert main(["eval", "prefetch", "--suite", "quick", "--dry-run"]) == 0
+    listed = capsys.readouterr().out
+    assert "lmms-lab-encoder/POPE@main" in listed and "VisuLogic" not in listed
+    assert main(["eval", "prefetch", "--pretrained", "/ckpt/llava-realign", "--limit", "5"]) == 2
+    assert "--pretrained, --limit: options of `revision eval` (run)" in capsys.readouterr().err

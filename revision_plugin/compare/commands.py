@@ -89,8 +89,9 @@ examples:
   revision compare --pending eval/runs/full.yaml --write-config rest.yaml
 
 A benchmark a run did not evaluate is shown as "–" (never 0); the Avg of such a run is the
-mean over the benchmarks it has, with the count, e.g. "47.20 (9/11)". Exit status 2 on bad
-input (unreadable results, a folder mixing checkpoints, --require-all gaps)."""
+mean over the benchmarks it has, with the count, e.g. "47.20 (9/11)". A value read from a
+--limit result is marked † (not a full evaluation; named under the table, "limited" in .csv/.json).
+Exit status 2 on bad input (unreadable results, a folder mixing checkpoints, --require-all gaps)."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -108,7 +109,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(repeatable; checked before any run is read)")
     parser.add_argument("--require-all", action="store_true",
                         help="exit with status 2 (after printing/writing the table) if any run misses any of "
-                             "the 11 benchmarks")
+                             "the 11 benchmarks, or has one only from a --limit result (marked †)")
     parser.add_argument("--decimals", type=int, default=2, metavar="N",
                         help="digits after the decimal point in the printed/markdown table (default 2; .csv "
                              "and .json keep full precision)")
@@ -220,7 +221,8 @@ def run(args: argparse.Namespace) -> int:
         table.write(out)
         print(f"wrote {out}")
     if args.require_all:
-        gaps = {row.label: [k for k, v in row.values.items() if v is None] for row in table.rows}
+        gaps = {row.label: [k for k, v in row.values.items() if v is None]
+                + [f"{k} (ran with --limit {row.limited[k]})" for k in row.limited] for row in table.rows}
         gaps = {k: v for k, v in gaps.items() if v}
         if gaps:
             raise RevisionError("missing benchmarks: " + "; ".join(f"{k}: {', '.join(v)}" for k, v in gaps.items()))

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from revision_plugin.errors import BadInputError, MissingFileError, RevisionError
+from revision_plugin.lmms.args import parse_model_args
 from revision_plugin.lmms.provenance import results_provenance
 
 
@@ -64,12 +66,38 @@ class Run:
                 out.setdefault(fp, []).append(file)
         return out
 
+    def limited_tasks(self) -> dict[str, object]:
+        """task -> the ``--limit`` of the file its result comes from (superseded files left out)."""
+        return {task: self.limits[file] for task, file in sorted(self.source.items()) if file in self.limits}
+
+    def unattributed_checkpoints(self) -> dict[str, list[Path]]:
+        """``pretrained=`` as recorded -> the files *without* a checkpoint fingerprint (plain
+        lmms-eval) that name it: lmms-eval files two checkpoints whose paths end alike
+        (``a/exp/final``, ``b/exp/final``) under the same ``exp__final`` folder."""
+        out: dict[str, list[Path]] = {}
+        for file in sorted(self.model_args):
+            if (self.provenance.get(file, {}).get("checkpoint") or {}).get("fingerprint"):
+                continue
+            try:
+                pretrained = parse_model_args(self.model_args[file]).get("pretrained")
+            except RevisionError:
+                continue
+            if pretrained:
+                out.setdefault(os.path.normpath(pretrained), []).append(file)
+        return out
+
     def check_single_checkpoint(self) -> None:
         fps = self.fingerprints()
         if len(fps) > 1:
             detail = "; ".join(f"{fp}: {', '.join(str(f) for f in files[:3])}" for fp, files in fps.items())
             raise RevisionError(f"run {self.label!r} ({self.path}) mixes results of {len(fps)} different checkpoints "
                                 f"({detail}); give each checkpoint its own folder/label")
+        named = self.unattributed_checkpoints()
+        if len(named) > 1:
+            detail = "; ".join(f"pretrained={p}: {', '.join(str(f) for f in files[:3])}" for p, files in named.items())
+            raise RevisionError(f"run {self.label!r} ({self.path}) mixes results of {len(named)} different pretrained= "
+                                f"checkpoints, without fingerprints ({detail}); give each checkpoint its own "
+                                "--output_path (`revision eval` records which checkpoint made each file)")
 
 
 def _result_files(path: Path) -> list[Path]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from revision_plugin.compare.benchmarks import (
@@ -33,6 +33,7 @@ from revision_plugin.compare.runs import Run
 from revision_plugin.errors import RevisionError
 
 MISSING = "–"
+LIMITED = "†"  # marks a cell read from a --limit result: not a full evaluation
 
 
 # --out suffix -> format; checked before any run is read (check_out_path)
@@ -61,6 +62,7 @@ class Row:
     cost: float | None = None
     cost_dollars: float | None = None
     tokens: TokenCount | None = None
+    limited: dict[str, object] = field(default_factory=dict)  # benchmark -> the --limit of a result it read
 
     @property
     def present(self) -> list[float]:
@@ -115,7 +117,7 @@ class Comparison:
             "| **Method** | " + " | ".join(f"**{k}**" for k in keys) + " | " + " | ".join(f"**{e}**" for e in extra) + " |",
         ]
         for row in self.rows:
-            cells = [self.fmt(row.values[k]) for k in keys] + [self.avg_cell(row)]
+            cells = [self.fmt(row.values[k]) + (LIMITED if k in row.limited else "") for k in keys] + [self.avg_cell(row)]
             if self.has_cost:
                 cells.append(self.fmt(row.cost))
             lines.append(f"| {row.label} | " + " | ".join(cells) + " |")
@@ -164,8 +166,10 @@ class Comparison:
                          f"lmms-eval {', '.join(versions)}")
             for depth, text in provenance_lines(run):
                 lines.append("  " * (depth + 1) + f"- {text}")
+            sources = set(run.source.values())
             for file, limit in run.limits.items():
-                lines.append(f"  - WARNING `{file}` ran with --limit {limit}: not a full evaluation")
+                used = "" if file in sources else " (superseded: not in the table)"
+                lines.append(f"  - WARNING `{file}` ran with --limit {limit}: not a full evaluation{used}")
             for task, file in run.superseded:
                 lines.append(f"  - `{task}` in `{file}` superseded by a newer file")
         return "\n".join(lines)
@@ -176,7 +180,8 @@ class Comparison:
         writer = csv.writer(buf, lineterminator="\n")
         detail_names = [c[0] for c in detail_columns()]
         writer.writerow(["method", "run", *BENCHMARK_KEYS, "avg", "avg_present", "n_present",
-                         "cost", "cost_usd", "input_tokens", "output_tokens", *detail_names, "lmms_eval_version"])
+                         "cost", "cost_usd", "input_tokens", "output_tokens", *detail_names, "lmms_eval_version",
+                         "limited"])
         for row, run in zip(self.rows, self.runs):
             def num(v):
                 return "" if v is None else repr(round(v, 6))
@@ -185,6 +190,7 @@ class Comparison:
                 len(row.present), num(row.cost), num(row.cost_dollars),
                 num(row.tokens.input_tokens if row.tokens else None), num(row.tokens.output_tokens if row.tokens else None),
                 *(num(row.details[n]) for n in detail_names), ";".join(sorted(set(run.versions.values()))),
+                ";".join(f"{k}={v}" for k, v in row.limited.items()),
             ])
         return buf.getvalue()
 
@@ -197,7 +203,7 @@ class Comparison:
             "rows": [
                 {"method": row.label, "run": row.path, "values": row.values, "avg": row.avg,
                  "avg_present": row.avg_present, "n_present": len(row.present), "cost": row.cost,
-                 "cost_usd": row.cost_dollars, "details": row.details, "notes": row.notes,
+                 "cost_usd": row.cost_dollars, "details": row.details, "notes": row.notes, "limited": row.limited,
                  "tokens": None if row.tokens is None else {"input": row.tokens.input_tokens,
                                                            "output": row.tokens.output_tokens,
                                                            "origin": row.tokens.origin},
@@ -250,16 +256,22 @@ class Comparison:
 
 
 def build_row(run: Run, benches: tuple[Benchmark, ...] = BENCHMARKS) -> Row:
-    values, notes = {}, []
+    values, notes, limited = {}, [], {}
+    limited_tasks = run.limited_tasks()
     for bench in benches:
         value, source = bench.value(run)
         values[bench.key] = value
         if source is not None and source.note:
             notes.append(source.note)
+        limits = sorted({str(limited_tasks[t]) for t, _ in (source.metrics if source else ()) if t in limited_tasks})
+        if limits:
+            limited[bench.key] = ",".join(limits)
     details = {name: read(run) for name, read, _ in detail_columns()}
-    if run.limits:
-        notes.append("some results ran with --limit (see provenance): not comparable to full runs")
-    return Row(label=run.label, path=str(run.path), values=values, notes=notes, details=details)
+    if limited_tasks:
+        what = ", ".join(f"{k} (--limit {v})" for k, v in limited.items()) or ", ".join(limited_tasks)
+        notes.append(f"{LIMITED} {what} ran with --limit: not full evaluations, not comparable to full runs "
+                     "(see provenance)")
+    return Row(label=run.label, path=str(run.path), values=values, notes=notes, details=details, limited=limited)
 
 
 def compare(runs: list[Run], *, tokens: dict[str, TokenCount] | None = None, cost_baseline: str | None = None,

@@ -8,7 +8,8 @@
 * :mod:`.provenance` - package versions, checkpoint fingerprint, template (which one to prompt
   with), tower;
 * :mod:`.datasets` - the suite's datasets at pinned revisions, prefetch and offline runs;
-* :mod:`.runner` - ``revision eval``: the suite task by task over lmms-eval's own API.
+* :mod:`.runner` - ``revision eval``: the suite task by task over lmms-eval's own API;
+* :mod:`.resume` - which results ``revision eval`` skips, and which folders it refuses.
 
 Attributes are imported lazily, so ``revision compare`` (which needs only
 :mod:`.provenance` / :mod:`.args`) does not import torch or lmms_eval.

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from revision_plugin.errors import BadInputError, MissingFileError, RevisionError
+from revision_plugin.lmms.provenance import read_config
 from revision_plugin.parsing import assignments
 from revision_plugin.runtime import DTYPE_NAMES, default_device, dtype_named
 
@@ -30,6 +31,8 @@ def resolve_checkpoint(pretrained: Any, what: str = "pretrained") -> Path:
     return path
 
 
+# config.json key every LLaVA checkpoint has (LLaVA builds its vision tower from it)
+VISION_TOWER_KEY = "mm_vision_tower"
 # Files that hold an LLM's own weights (a full or merged checkpoint); a folder without any of
 # them is a projector-only (stage 1) or LoRA checkpoint, which LLaVA loads on a model_base.
 FULL_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
@@ -38,7 +41,8 @@ FULL_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_mo
 def check_loadable(checkpoint: Path, model_base: str | None) -> None:
     """Name what is missing before LLaVA builds anything: without ``config.json`` transformers
     would allocate a default-sized model and fail on its weights; a projector-only folder loaded
-    without ``model_base`` fails in the tokenizer with an error about sentencepiece."""
+    without ``model_base`` fails in the tokenizer with an error about sentencepiece; a folder
+    that is not a LLaVA checkpoint (a base LLM, an encoder) fails with an ``AttributeError``."""
     if not (checkpoint / "config.json").is_file():
         raise BadInputError(f"revision_llava: pretrained={checkpoint}: no config.json, so not a complete saved "
                             "checkpoint (a save interrupted midway?); use the run's final folder or a complete checkpoint-N")
@@ -46,6 +50,11 @@ def check_loadable(checkpoint: Path, model_base: str | None) -> None:
         kind = "LoRA" if (checkpoint / "adapter_config.json").is_file() else "projector-only (stage 1)"
         raise BadInputError(f"revision_llava: pretrained={checkpoint} holds no LLM weights (a {kind} checkpoint): "
                             "pass model_base=<the base LLM it was trained on>")
+    config = read_config(checkpoint)
+    if not config.get(VISION_TOWER_KEY):  # LLaVA's loader would fail on `None.is_loaded` or deeper
+        raise BadInputError(f"revision_llava: pretrained={checkpoint}: its config.json (model_type "
+                            f"{config.get('model_type')!r}) has no {VISION_TOWER_KEY}, so it is not a LLaVA checkpoint "
+                            "(a base LLM or an encoder?); give the folder LLaVA's training wrote (its --output_dir)")
 
 
 def resolve_device(device: Any) -> str:

@@ -123,11 +123,11 @@ class RevisionLlava(lmms):
         ckpt_config = read_config(checkpoint) if (checkpoint / "config.json").is_file() else {}
         self.conv_template, self.notes = choose_conv_template(
             conv_template or None, checkpoint_conv_template(ckpt_config), conversation_templates())
-        for note in self.notes:
-            logger.warning("revision_llava: %s", note)
         self.conv_template_info = {"used": self.conv_template, "checkpoint": checkpoint_conv_template(ckpt_config),
                                    "requested": conv_template or None}
         check_loadable(checkpoint, base)  # after the template check: that needs no weights
+        for note in self.notes:  # after it: a folder that is no LLaVA checkpoint gets its error, not a template note
+            logger.warning("revision_llava: %s", note)
 
         # data parallel under accelerate launch / torchrun: one process per GPU
         world_size = launched_world_size()

@@ -9,13 +9,16 @@ Thin on purpose: lmms-eval builds the tasks, prompts, scores and writes the resu
 once and checked before anything runs; every task gets its own results file as soon as it
 finishes, with provenance (real package versions, checkpoint path + fingerprint, tower,
 template, judge, empty answers); tasks already finished for the *same checkpoint
-fingerprint* are skipped; a task that raises, or ends without a numeric metric or a results
-file, is a failure; the exit status is 1 when any task failed; a summary table ends the run.
+fingerprint* and settings are skipped (:mod:`.resume`); a misspelt task, another checkpoint's
+results folder or an unreadable results file stop the run before the model loads; a task that
+raises, or ends without a numeric metric or a results file, is a failure; the exit status is 1
+when any task failed; a summary table ends the run.
 """
 
 from __future__ import annotations
 
 import argparse
+import difflib
 import logging
 import math
 import re
@@ -24,7 +27,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from revision_plugin.argtypes import positive_int
-from revision_plugin.compare.runs import load_run
 from revision_plugin.compare.suite import SUITES, judge_of, suite_tasks
 from revision_plugin.errors import RevisionError
 from revision_plugin.lmms import datasets as suite_data
@@ -34,6 +36,7 @@ from revision_plugin.lmms.provenance import (
     RESULTS_KEY,
     package_versions,
 )
+from revision_plugin.lmms.resume import check_same_checkpoint, existing_results, finished_tasks, run_settings
 
 logger = logging.getLogger(__name__)
 EVAL_TASKS_DIR = Path(__file__).resolve().parents[2] / "eval" / "tasks"  # in a source checkout
@@ -47,14 +50,15 @@ class Outcome:
     file: Path | None = None
 
 
-def finished_tasks(output_path: Path, fingerprint: str) -> dict[str, Path]:
-    """Tasks with a full (no --limit) result for this checkpoint fingerprint under ``output_path``."""
-    try:
-        run = load_run(output_path, check_checkpoint=False)
-    except (FileNotFoundError, RevisionError):
-        return {}
-    return {task: file for task, file in run.source.items() if file not in run.limits
-            and (run.provenance.get(file, {}).get("checkpoint") or {}).get("fingerprint") == fingerprint}
+def check_task_names(task_manager, tasks: list[str], include: list[str]) -> None:
+    """Every task is one lmms-eval knows (its own or the --include-path folders'), checked before the model loads."""
+    known = set(task_manager.all_tasks)
+    unknown = [t for t in tasks if t not in known]
+    if unknown:
+        named = [f"{t} (did you mean {close[0]}?)" if (close := difflib.get_close_matches(t, known, n=1)) else t
+                 for t in unknown]
+        raise RevisionError(f"unknown task(s): {', '.join(named)}; the tasks are lmms-eval's and those of "
+                            f"--include-path ({', '.join(include) or 'none'})")
 
 
 def _first_metric(metrics: dict) -> tuple[str, float] | None:
@@ -79,17 +83,17 @@ def task_spec(task: str, data: dict[str, str], snapshots: dict[str, Path]) -> st
     return task
 
 
-def _provenance(lm, task: str, versions: dict) -> dict:
+def _provenance(lm, task: str, versions: dict, data: str | None = None) -> dict:
     prov = lm.provenance()
     return {"format": PROVENANCE_FORMAT, "versions": versions, "checkpoint": prov["checkpoint"],
             "conv_template": prov["conv_template"], "tower": prov["tower"], "notes": prov["notes"],
             "tasks": {task: {"judge": judge_of(task), "empty_answers": prov["empty_answers"].get(task, 0),
-                             "answers": prov["answers"].get(task, 0),
+                             "answers": prov["answers"].get(task, 0), "data": data,
                              "prompt_example": prov["prompt_examples"].get(task)}}}
 
 
 def run_task(lm, task: str, spec, *, task_manager, output_path: Path, model_args: str, stamp: str,
-             limit, log_samples: bool, versions: dict) -> Outcome:
+             limit, log_samples: bool, versions: dict, data: str | None = None) -> Outcome:
     from lmms_eval.evaluator import simple_evaluate
     from lmms_eval.loggers import EvaluationTracker
 
@@ -102,7 +106,7 @@ def run_task(lm, task: str, spec, *, task_manager, output_path: Path, model_args
     metric = _first_metric(results["results"][task])
     if metric is None:
         raise RevisionError(f"{task}: no numeric metric in lmms-eval's results ({sorted(results['results'][task])})")
-    results[RESULTS_KEY] = _provenance(lm, task, versions)
+    results[RESULTS_KEY] = _provenance(lm, task, versions, data)
     samples = results.pop("samples", None)
     tracker.save_results_aggregated(results=results, samples=samples if log_samples else None, datetime_str=stamp)
     if log_samples and samples and task in samples:
@@ -154,27 +158,36 @@ def run_suite(args: argparse.Namespace) -> list[Outcome]:
     if "pretrained" in extra:
         raise RevisionError("give the checkpoint with --pretrained, not in --model-args")
     model_args = ",".join([f"pretrained={checkpoint.resolve()}", *(f"{k}={v}" for k, v in extra.items())])
+    output_path = Path(args.output_path)
+    existing = existing_results(output_path)
+    check_same_checkpoint(existing, checkpoint, output_path)
     include = [str(p) for p in (args.include_path or [])] or ([str(EVAL_TASKS_DIR)] if EVAL_TASKS_DIR.is_dir() else [])
     task_manager, local = _task_manager(TaskManager, include, tasks)
+    check_task_names(task_manager, tasks, include)
     snapshots: dict[str, Path] = {}
     if args.offline:
         suite_data.go_offline()
         snapshots = suite_data.offline_snapshots([t for t in tasks if t not in data and t not in local])
     lm = get_model("revision_llava").create_from_arg_string(model_args, {"batch_size": args.batch_size})
-    output_path = Path(args.output_path)
-    done = {} if args.force else finished_tasks(output_path, lm.fingerprint)
+    data_files = {task: str(Path(data[task]).resolve()) if task in data else None for task in tasks}
+    settings = {task: run_settings(extra, lm.conv_template, data_files[task]) for task in tasks}
+    done, changed = ({}, {}) if args.force else finished_tasks(existing, lm.fingerprint, settings)
+    for task, what in changed.items():
+        logger.warning("revision eval: %s: the result in %s was made with other settings (%s): running it again",
+                       task, existing.source[task], what)
     versions = package_versions()
     base = get_datetime_str()
     outcomes = []
     for index, task in enumerate(tasks):
         if task in done:
-            outcomes.append(Outcome(task, "skipped", "finished for this checkpoint", done[task]))
+            outcomes.append(Outcome(task, "skipped", "finished for this checkpoint and settings", done[task]))
             continue
         logger.info("revision eval: %s (%d/%d)", task, index + 1, len(tasks))
         try:
             outcomes.append(run_task(lm, task, task_spec(task, data, snapshots), task_manager=task_manager,
                                      output_path=output_path, model_args=model_args, stamp=f"{base}_{index:02d}",
-                                     limit=args.limit, log_samples=args.log_samples, versions=versions))
+                                     limit=args.limit, log_samples=args.log_samples, versions=versions,
+                                     data=data_files[task]))
         except Exception as err:  # noqa: BLE001 - one task's failure must not hide the others; reported, counted, exit 1
             logger.debug("revision eval: %s failed:\n%s", task, traceback.format_exc())
             message = " ".join(str(err).split()) or type(err).__name__
@@ -199,37 +212,105 @@ def _assignment(text: str, option: str) -> tuple[str, str]:
     return key, value
 
 
+DESCRIPTION = """\
+Evaluate one checkpoint on the paper's suite through lmms-eval's own simple_evaluate, task by
+task: the model is loaded once, each task writes its own results file (with provenance: package
+versions, checkpoint path + fingerprint, tower, template, judge, empty answers) as soon as it
+finishes, and a summary table ends the run. `revision eval prefetch` downloads the suite's
+datasets into the HF cache (on a machine with internet) for --offline runs."""
+
+EPILOG = """\
+examples:
+  revision eval --pretrained /ckpt/llava-realign --output-path eval_out/realign --suite smoke
+  revision eval --pretrained /ckpt/llava-realign --output-path eval_out/realign --batch-size 8
+  revision eval --pretrained /ckpt/llava-realign --output-path eval_out/realign --tasks revision_pope \\
+      --model-args dtype=bfloat16,max_new_tokens=16
+  revision eval prefetch --suite quick --dry-run
+
+suites: full = the 11 benchmarks + ScienceQA dev (12 tasks; --mmmu picks the MMMU variant),
+quick = MME, MMStar, POPE; smoke = the full suite on 24 fixed documents per task.
+
+resume: rerun the same command. A task is skipped when --output-path holds a full (no --limit)
+result of it made by the same checkpoint (same fingerprint) with the same model arguments
+(device, device_map and empty_answers aside), template and --data file; otherwise it runs
+again (the newer file wins in `revision compare`). An --output-path holding another
+checkpoint's results, or an unreadable results file, is refused before the model loads.
+
+--model-args (revision_llava's, docs/eval.md): model_base, model_name, conv_template, device,
+device_map, dtype, attn_implementation, max_new_tokens, empty_answers, use_cache; an unknown
+one is refused by name.
+
+exit status: 0 every task ok or skipped; 1 a task failed (the others still ran, see the table);
+2 bad input, before anything ran."""
+
+# the options only `revision eval` (run) reads, with their defaults: prefetch refuses them
+RUN_DEFAULTS = {"pretrained": None, "output_path": None, "batch_size": 1, "model_args": "", "include_path": None,
+                "data": [], "limit": None, "log_samples": False, "force": False, "offline": False}
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = DESCRIPTION
+    parser.epilog = EPILOG
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter  # keep the examples' lines
     parser.add_argument("action", nargs="?", choices=("run", "prefetch"), default="run",
-                        help="run (default): evaluate; prefetch: download the suite's datasets (needs internet)")
-    parser.add_argument("--pretrained", help="checkpoint folder ($VAR and ~ expanded)")
-    parser.add_argument("--output-path", type=Path, help="results folder (one *_results.json per task)")
-    parser.add_argument("--suite", choices=sorted(SUITES), default="full", help="task list (default full)")
-    parser.add_argument("--tasks", default=None, help="comma-separated task names instead of --suite")
+                        help="run (default): evaluate; prefetch: download the datasets of --suite/--tasks into "
+                             "the HF cache (needs internet; default: every task of both --mmmu variants)")
+    parser.add_argument("--pretrained", metavar="CKPT",
+                        help="run: checkpoint folder LLaVA's training wrote ($VAR and ~ expanded; required)")
+    parser.add_argument("--output-path", type=Path, metavar="DIR",
+                        help="run: results folder, one *_results.json per task (required; one folder per "
+                             "checkpoint: give `revision compare` this folder)")
+    parser.add_argument("--suite", choices=sorted(SUITES), default="full",
+                        help="task list, see 'suites' below (default full)")
+    parser.add_argument("--tasks", default=None, metavar="A,B",
+                        help="comma-separated lmms-eval task names instead of --suite (checked before the model "
+                             "loads)")
     parser.add_argument("--mmmu", choices=("standard", "single"), default="standard",
-                        help="MMMU/MMMU-Pro variant of the full suite (see eval/README.md)")
-    parser.add_argument("--batch-size", type=positive_int, default=1,
-                        help="prompts generated together per device, left-padded (default 1)")
-    parser.add_argument("--model-args", default="", help="more revision_llava model args, k=v,... (dtype, device, ...)")
-    parser.add_argument("--include-path", action="append", type=Path, default=None,
-                        help="task folder(s) (default: the checkout's eval/tasks)")
+                        help="MMMU/MMMU-Pro variant of the full suite: standard = lmms-eval's mmmu_val / "
+                             "mmmu_pro_standard, single = one merged image per question (default standard; "
+                             "eval/README.md)")
+    parser.add_argument("--batch-size", type=positive_int, default=1, metavar="N",
+                        help="run: prompts generated together per device, left-padded (default 1)")
+    parser.add_argument("--model-args", default="", metavar="K=V,...",
+                        help="run: more revision_llava model arguments, see below (not pretrained: use --pretrained)")
+    parser.add_argument("--include-path", action="append", type=Path, default=None, metavar="DIR",
+                        help="run: task folder(s), repeatable (default: the checkout's eval/tasks)")
     parser.add_argument("--data", action="append", default=[], metavar="TASK=FILE",
-                        help="run TASK on a local parquet/json(l) file (its test split) instead of its hub dataset")
-    parser.add_argument("--limit", type=int, default=None, help="first N docs per task (results marked limited)")
-    parser.add_argument("--log-samples", action="store_true", help="also write per-sample jsonl files")
-    parser.add_argument("--force", action="store_true", help="re-run tasks already finished for this checkpoint")
+                        help="run: run TASK on a local parquet/json(l) file (its test split) instead of its hub "
+                             "dataset (repeatable)")
+    parser.add_argument("--limit", type=positive_int, default=None, metavar="N",
+                        help="run: only the first N documents per task; such results never count as finished, "
+                             "and `revision compare` marks them")
+    parser.add_argument("--log-samples", action="store_true", help="run: also write per-sample jsonl files")
+    parser.add_argument("--force", action="store_true",
+                        help="run: re-run tasks already finished for this checkpoint and settings")
     parser.add_argument("--offline", action="store_true",
-                        help="no network: HF_HUB_OFFLINE/HF_DATASETS_OFFLINE, datasets from the HF cache (prefetch)")
-    parser.add_argument("--dry-run", action="store_true", help="prefetch: list what would be downloaded")
+                        help="run: no network (HF_HUB_OFFLINE/HF_DATASETS_OFFLINE); datasets from the HF cache, "
+                             "filled by `revision eval prefetch`")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="prefetch: list what would be downloaded, download nothing")
+
+
+def _prefetch_tasks(args: argparse.Namespace) -> list[str]:
+    if args.tasks:
+        return [t.strip() for t in args.tasks.split(",") if t.strip()]
+    if args.suite == "full":  # both variants: the cluster can then run either
+        return [*suite_tasks("standard"), *suite_tasks("single")]
+    return list(SUITES[args.suite])
 
 
 def run(args: argparse.Namespace) -> int:
     if args.action == "prefetch":
-        tasks = [t.strip() for t in args.tasks.split(",")] if args.tasks else [
-            *suite_tasks("standard"), *suite_tasks("single")]
-        for key, info in suite_data.prefetch(tasks, dry_run=args.dry_run).items():
+        given = ["--" + dest.replace("_", "-") for dest, default in RUN_DEFAULTS.items() if getattr(args, dest) != default]
+        if given:
+            raise RevisionError(f"{', '.join(given)}: options of `revision eval` (run); "
+                                "`revision eval prefetch` only downloads datasets")
+        for key, info in suite_data.prefetch(_prefetch_tasks(args), dry_run=args.dry_run).items():
             print(f"{key}: {info.get('commit', '(dry run)')}  <- {', '.join(info['tasks'])}")
         return 0
+    if args.dry_run:
+        raise RevisionError("--dry-run belongs to `revision eval prefetch`; `revision eval` would evaluate "
+                            "(for a short trial run use --limit N)")
     if not args.pretrained or not args.output_path:
         raise RevisionError("revision eval needs --pretrained CKPT and --output-path DIR")
     outcomes = run_suite(args)
