@@ -169,8 +169,10 @@ def test_a_checkpoint_that_lost_its_tower_never_takes_the_one_in_the_working_dir
     elsewhere = tmp_path / "elsewhere"  # another run's tower, where the user happens to be
     shutil.copytree(workdir / CHECKPOINT_NAME / "revision_tower", elsewhere / "revision_tower")
     monkeypatch.chdir(elsewhere)
-    with pytest.raises(FileNotFoundError, match="revision tower 'revision:revision_tower': not found"):
+    with pytest.raises(FileNotFoundError, match="revision tower 'revision:revision_tower': not found") as raised:
         _load(broken)
+    tried = str(raised.value).split("(tried ")[1].split("); set")[0].split(", ")
+    assert len(tried) == len(set(tried)) and str(broken / "revision_tower") in tried, tried
 
 
 def test_operator_stays_frozen_through_training(workdir, data):

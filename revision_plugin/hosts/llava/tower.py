@@ -231,7 +231,7 @@ def _resolve_spec(spec: str, cfg, checkpoint_dir: str | None = None) -> TowerCon
     if not loading:
         bases.append(Path.cwd())
     tried = []
-    for base in bases:
+    for base in dict.fromkeys(bases):  # the checkpoint is often its own _name_or_path: try it once
         candidate = base / body
         target = candidate / TOWER_CONFIG_NAME if candidate.is_dir() else candidate
         if target.is_file():
