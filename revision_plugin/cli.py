@@ -56,10 +56,13 @@ def main(argv: list[str] | None = None) -> int:
     args, unknown = parser.parse_known_args(argv)
     if unknown:  # "revision align: error: unrecognized arguments: …", with align's usage line
         parser.command_parsers[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
+    # Our progress at INFO; other libraries' from WARNING (accelerate logs lines per training run
+    # at INFO: 168 in one demo), everything with --verbose.
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
+        level=logging.DEBUG if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    logging.getLogger("revision_plugin").setLevel(logging.DEBUG if args.verbose else logging.INFO)
     try:
         return int(importlib.import_module(COMMANDS[args.command][0]).run(args) or 0)
     except KeyboardInterrupt:

@@ -133,3 +133,29 @@ def test_an_unknown_flag_is_reported_by_its_command(capsys):
         main(["align", "--operator", "op", "--in", "x.npy", "--out", "y.npy", "--skip-bad"])
     assert exit_info.value.code == 2
     assert "revision align: error: unrecognized arguments: --skip-bad" in capsys.readouterr().err
+
+
+_LOGGING_COMMAND = """
+import logging, sys, types
+from revision_plugin import cli
+
+def run(args):
+    logging.getLogger("accelerate.accelerator").info("a library's info")
+    logging.getLogger("accelerate.accelerator").warning("a library's warning")
+    logging.getLogger("revision_plugin.align").info("our progress")
+    return 0
+
+sys.modules["logging_command"] = types.SimpleNamespace(add_arguments=lambda parser: None, run=run)
+cli.COMMANDS["logs"] = ("logging_command", "logs from us and from a library")
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_commands_log_our_progress_and_only_other_libraries_warnings(verbose):
+    argv = ["-v", "logs"] if verbose else ["logs"]
+    result = subprocess.run([sys.executable, "-c", _LOGGING_COMMAND, *argv], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "INFO revision_plugin.align: our progress" in result.stderr
+    assert "WARNING accelerate.accelerator: a library's warning" in result.stderr
+    assert ("a library's info" in result.stderr) == verbose
