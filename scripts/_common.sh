@@ -102,6 +102,7 @@ launch() {
 
 # Trainer flags every stage shares; each stage script sets the variables and its own flags.
 append_training_args() {
+  [[ "$DEEPSPEED" == none ]] || ARGS+=(--deepspeed "$DEEPSPEED")
   ARGS+=(
     --bf16 True
     --output_dir "$OUTPUT_DIR"

@@ -69,9 +69,7 @@ require_path "--llm" "$LLM" 1
 require_path "--encoder-model" "$ENCODER_MODEL" 1
 check_deepspeed
 
-ARGS=()
-[[ "$DEEPSPEED" == none ]] || ARGS+=(--deepspeed "$DEEPSPEED")
-ARGS+=(
+ARGS=(
     --model_name_or_path "$LLM"
     --version plain
     --data_path "$DATA"

@@ -70,9 +70,7 @@ require_path "--llm" "$LLM" 1
 require_path "--encoder-model" "$ENCODER_MODEL" 1
 check_deepspeed
 
-ARGS=()
-[[ "$DEEPSPEED" == none ]] || ARGS+=(--deepspeed "$DEEPSPEED")
-ARGS+=(
+ARGS=(
     --model_name_or_path "$LLM"
     --version "$VERSION"
     --data_path "$DATA"

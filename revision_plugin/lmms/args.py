@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 from revision_plugin.errors import BadInputError, MissingFileError, RevisionError
-from revision_plugin.lmms.provenance import read_config
 from revision_plugin.parsing import assignments
 from revision_plugin.runtime import DTYPE_NAMES, default_device, dtype_named
 
@@ -38,8 +37,9 @@ VISION_TOWER_KEY = "mm_vision_tower"
 FULL_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 
 
-def check_loadable(checkpoint: Path, model_base: str | None) -> None:
-    """Name what is missing before LLaVA builds anything: without ``config.json`` transformers
+def check_loadable(checkpoint: Path, model_base: str | None, config: dict) -> None:
+    """Name what is missing before LLaVA builds anything (``config``: the checkpoint's
+    ``config.json``, already read by the caller): without ``config.json`` transformers
     would allocate a default-sized model and fail on its weights; a projector-only folder loaded
     without ``model_base`` fails in the tokenizer with an error about sentencepiece; a folder
     that is not a LLaVA checkpoint (a base LLM, an encoder) fails with an ``AttributeError``."""
@@ -50,7 +50,6 @@ def check_loadable(checkpoint: Path, model_base: str | None) -> None:
         kind = "LoRA" if (checkpoint / "adapter_config.json").is_file() else "projector-only (stage 1)"
         raise BadInputError(f"revision_llava: pretrained={checkpoint} holds no LLM weights (a {kind} checkpoint): "
                             "pass model_base=<the base LLM it was trained on>")
-    config = read_config(checkpoint)
     if not config.get(VISION_TOWER_KEY):  # LLaVA's loader would fail on `None.is_loaded` or deeper
         raise BadInputError(f"revision_llava: pretrained={checkpoint}: its config.json (model_type "
                             f"{config.get('model_type')!r}) has no {VISION_TOWER_KEY}, so it is not a LLaVA checkpoint "

@@ -125,7 +125,7 @@ class RevisionLlava(lmms):
             conv_template or None, checkpoint_conv_template(ckpt_config), conversation_templates())
         self.conv_template_info = {"used": self.conv_template, "checkpoint": checkpoint_conv_template(ckpt_config),
                                    "requested": conv_template or None}
-        check_loadable(checkpoint, base)  # after the template check: that needs no weights
+        check_loadable(checkpoint, base, ckpt_config)  # after the template check: that needs no weights
         for note in self.notes:  # after it: a folder that is no LLaVA checkpoint gets its error, not a template note
             logger.warning("revision_llava: %s", note)
 

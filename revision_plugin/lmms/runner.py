@@ -243,9 +243,9 @@ one is refused by name.
 exit status: 0 every task ok or skipped; 1 a task failed (the others still ran, see the table);
 2 bad input, before anything ran."""
 
-# the options only `revision eval` (run) reads, with their defaults: prefetch refuses them
-RUN_DEFAULTS = {"pretrained": None, "output_path": None, "batch_size": 1, "model_args": "", "include_path": None,
-                "data": [], "limit": None, "log_samples": False, "force": False, "offline": False}
+# the options only `revision eval` (run) reads: prefetch refuses them when not at their defaults
+RUN_OPTIONS = ("pretrained", "output_path", "batch_size", "model_args", "include_path", "data", "limit",
+               "log_samples", "force", "offline")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -301,7 +301,9 @@ def _prefetch_tasks(args: argparse.Namespace) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     if args.action == "prefetch":
-        given = ["--" + dest.replace("_", "-") for dest, default in RUN_DEFAULTS.items() if getattr(args, dest) != default]
+        defaults = argparse.ArgumentParser()
+        add_arguments(defaults)  # the defaults as declared there, not a copy of them
+        given = ["--" + dest.replace("_", "-") for dest in RUN_OPTIONS if getattr(args, dest) != defaults.get_default(dest)]
         if given:
             raise RevisionError(f"{', '.join(given)}: options of `revision eval` (run); "
                                 "`revision eval prefetch` only downloads datasets")

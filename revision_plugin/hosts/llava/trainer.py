@@ -47,9 +47,10 @@ def check_resumable(output_dir: str) -> None:
     last = get_last_checkpoint(output_dir)
     if last is None or os.path.isfile(os.path.join(last, "trainer_state.json")):
         return
-    complete = sorted((int(p.name.split("-")[-1]), p) for p in Path(output_dir).glob(f"{PREFIX_CHECKPOINT_DIR}-*")
-                      if p.name.split("-")[-1].isdigit() and (p / "trainer_state.json").is_file())
-    then = f"resume from {complete[-1][1].name}" if complete else "start from step 0"
+    complete = [p for p in Path(output_dir).glob(f"{PREFIX_CHECKPOINT_DIR}-*")
+                if p.name.split("-")[-1].isdigit() and (p / "trainer_state.json").is_file()]
+    latest = max(complete, key=lambda p: int(p.name.split("-")[-1]), default=None)
+    then = f"resume from {latest.name}" if latest else "start from step 0"
     raise BadInputError(f"{last}: incomplete step checkpoint (no trainer_state.json: the run stopped while saving "
                         f"it); delete that folder and rerun the same command to {then}")
 
